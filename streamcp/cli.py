@@ -1,0 +1,266 @@
+"""The ``streamcp`` command line.
+
+Exit status: 0 on success, 1 when the service stopped on a failure, 2 for
+bad configuration or usage (before anything connects).
+"""
+
+from __future__ import annotations
+
+import json
+import signal
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import click
+
+from streamcp.config import Config, load_config, parse_value, redact_url
+from streamcp.errors import ConfigError, StoreUnavailable, StreamcpError
+from streamcp.events import TopicPartition
+from streamcp.logs import configure_logging
+from streamcp.store import Checkpoint
+
+EXIT_FAILURE = 1
+EXIT_CONFIG = 2
+
+
+def _config_options(func: Callable[..., Any]) -> Callable[..., Any]:
+    options = [
+        click.option("--config", "config_path", type=click.Path(path_type=Path),
+                     help="TOML configuration file."),
+        click.option("--bootstrap-servers", help="Kafka bootstrap servers."),
+        click.option("--group", help="Consumer group id (kafka.group_id)."),
+        click.option("--redis-url", help="Redis URL of the checkpoint store."),
+        click.option("--key-prefix", help="Redis key prefix (redis.key_prefix)."),
+        click.option("--set", "settings", multiple=True, metavar="FIELD=VALUE",
+                     help="Override any field, e.g. --set commit.every_events=100."),
+    ]
+    for option in reversed(options):
+        func = option(func)
+    return func
+
+
+def _load(
+    config_path: Path | None,
+    bootstrap_servers: str | None,
+    group: str | None,
+    redis_url: str | None,
+    key_prefix: str | None,
+    settings: tuple[str, ...],
+    extra: dict[str, Any] | None = None,
+) -> Config:
+    overrides: dict[str, Any] = dict(extra or {})
+    for flag, dotted in ((bootstrap_servers, "kafka.bootstrap_servers"),
+                         (group, "kafka.group_id"), (redis_url, "redis.url"),
+                         (key_prefix, "redis.key_prefix")):
+        if flag is not None:
+            overrides[dotted] = flag
+    for setting in settings:
+        name, sep, value = setting.partition("=")
+        if not sep or not name:
+            raise ConfigError("--set", f"expected FIELD=VALUE, got {setting!r}")
+        overrides[name.strip()] = parse_value(value.strip())
+    return load_config(config_path, overrides=overrides)
+
+
+def _config_error(exc: ConfigError) -> None:
+    click.echo(f"streamcp: configuration error: {exc}", err=True)
+    sys.exit(EXIT_CONFIG)
+
+
+@click.group()
+@click.version_option(package_name="streamcp")
+def main() -> None:
+    """Consume Kafka topics with checkpoints in Redis."""
+
+
+@main.command()
+@_config_options
+@click.option("--topic", "topics", multiple=True, help="Topic to consume (repeatable).")
+@click.option("--handler", "handler_name", help="Handler: entry point or module:attr.")
+@click.option("--stop-when-caught-up", is_flag=True,
+              help="Stop gracefully once every assigned partition is committed "
+                   "up to its high watermark.")
+@click.option("--log-level", type=click.Choice(["debug", "info", "warning", "error"]))
+def run(
+    config_path: Path | None,
+    bootstrap_servers: str | None,
+    group: str | None,
+    redis_url: str | None,
+    key_prefix: str | None,
+    settings: tuple[str, ...],
+    topics: tuple[str, ...],
+    handler_name: str | None,
+    stop_when_caught_up: bool,
+    log_level: str | None,
+) -> None:
+    """Run the consumer service until SIGTERM or SIGINT.
+
+    Checkpoints are committed to Redis only after the handler succeeded for an
+    event and every earlier one of its partition: on the commit policy, on
+    revocation and on shutdown. Exit status 0 after a graceful stop, 1 after a
+    handler failure (what succeeded is committed first), 2 for bad
+    configuration.
+    """
+    from streamcp.redis_store import RedisCheckpointStore
+    from streamcp.router import HandlerRouter
+    from streamcp.service import Service
+
+    extra: dict[str, Any] = {}
+    if topics:
+        extra["kafka.topics"] = list(topics)
+    if handler_name:
+        extra["handler.name"] = handler_name
+    if log_level:
+        extra["log.level"] = log_level
+    try:
+        config = _load(config_path, bootstrap_servers, group, redis_url, key_prefix,
+                       settings, extra)
+        router = HandlerRouter.from_config(config)
+    except ConfigError as exc:
+        _config_error(exc)
+        return
+    configure_logging(config.log.level, config.log.format)
+    store = RedisCheckpointStore.from_url(
+        config.redis.url, key_prefix=config.redis.key_prefix,
+        socket_timeout_s=config.redis.socket_timeout_s,
+        history_max_entries=config.redis.history_max_entries,
+    )
+    service = Service(config, store=store, router=router,
+                      stop_when_caught_up=stop_when_caught_up)
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(signum, lambda *_: service.request_stop())
+    status = service.run()
+    store.close()
+    if service.failure is not None:
+        click.echo(f"streamcp: stopped: {service.failure}", err=True)
+    sys.exit(status)
+
+
+@main.group()
+def checkpoints() -> None:
+    """Inspect the checkpoints of a consumer group."""
+
+
+@checkpoints.command("show")
+@_config_options
+@click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
+def checkpoints_show(
+    config_path: Path | None,
+    bootstrap_servers: str | None,
+    group: str | None,
+    redis_url: str | None,
+    key_prefix: str | None,
+    settings: tuple[str, ...],
+    as_json: bool,
+) -> None:
+    """Show each partition's checkpoint: the offset of the next event to process."""
+    from streamcp.redis_store import RedisCheckpointStore
+
+    try:
+        config = _load_for_store(config_path, bootstrap_servers, group, redis_url,
+                                 key_prefix, settings)
+    except ConfigError as exc:
+        _config_error(exc)
+        return
+    store = RedisCheckpointStore.from_url(config.redis.url,
+                                          key_prefix=config.redis.key_prefix,
+                                          socket_timeout_s=config.redis.socket_timeout_s)
+    try:
+        found = store.read(config.kafka.group_id)
+    except StoreUnavailable as exc:
+        click.echo(f"streamcp: redis at {redact_url(config.redis.url)} did not "
+                   f"answer: {exc}", err=True)
+        sys.exit(EXIT_FAILURE)
+    finally:
+        store.close()
+    rows = [checkpoint_row(cp) for cp in found.values()]
+    if as_json:
+        click.echo(json.dumps({"group": config.kafka.group_id, "checkpoints": rows},
+                              indent=2))
+        return
+    click.echo(f"group {config.kafka.group_id}: {len(rows)} partition(s)")
+    click.echo(format_table(rows, ["topic", "partition", "checkpoint", "epoch",
+                                   "owner", "committed_at", "committed_by", "events"]))
+
+
+def _load_for_store(*args: Any) -> Config:
+    # Inspection needs only the group and Redis; a handler is not required.
+    config_path, bootstrap, group, redis_url, prefix, settings = args
+    extra = {"handler.name": "-"}
+    if config_path is None:
+        extra["kafka.topics"] = ["-"]
+    return _load(config_path, bootstrap, group, redis_url, prefix, settings, extra)
+
+
+def checkpoint_row(cp: Checkpoint) -> dict[str, Any]:
+    return {
+        "topic": cp.topic_partition.topic,
+        "partition": cp.topic_partition.partition,
+        "checkpoint": cp.offset,
+        "epoch": cp.epoch,
+        "owner": cp.owner,
+        "committed_at": cp.committed_at.isoformat() if cp.committed_at else None,
+        "committed_by": (f"{cp.committed_by_host}/{cp.committed_by_pid}/"
+                         f"{cp.committed_by_member}" if cp.committed_by_host else ""),
+        "events": cp.events,
+        "operator_change": cp.operator_change,
+    }
+
+
+def format_table(rows: list[dict[str, Any]], columns: list[str]) -> str:
+    cells = [[("-" if row[c] is None or row[c] == "" else str(row[c])) for c in columns]
+             for row in rows]
+    widths = [max([len(c), *(len(r[i]) for r in cells)]) for i, c in enumerate(columns)]
+    lines = ["  ".join(c.ljust(w) for c, w in zip(columns, widths, strict=True))]
+    lines += ["  ".join(v.ljust(w) for v, w in zip(r, widths, strict=True)) for r in cells]
+    return "\n".join(line.rstrip() for line in lines)
+
+
+@main.group()
+def handlers() -> None:
+    """Discover handler plugins."""
+
+
+@handlers.command("list")
+def handlers_list() -> None:
+    """List every handler registered under the streamcp.handlers entry point."""
+    from streamcp.handlers import discover, options_schema
+
+    for info in discover():
+        click.echo(f"{info.name}  ({info.source})")
+        try:
+            target = info.target.load()
+        except Exception as exc:  # noqa: BLE001  # a broken plugin must not hide others
+            click.echo(f"    cannot load: {type(exc).__name__}: {exc}")
+            continue
+        for name, kind, default in options_schema(target):
+            click.echo(f"    option {name}: {kind} = {default}")
+
+
+@main.command()
+@click.option("--bootstrap-servers", help="Use this broker instead of starting one.")
+@click.option("--redis-url", help="Use this Redis instead of starting one.")
+@click.option("--workdir", type=click.Path(path_type=Path), default=Path(".streamcp/demo"),
+              show_default=True, help="Where local services keep their files.")
+def demo(bootstrap_servers: str | None, redis_url: str | None, workdir: Path) -> None:
+    """Run the example on real Wikimedia events, stopping and resuming midway."""
+    from streamcp.demo import run_demo
+
+    try:
+        status = run_demo(bootstrap_servers=bootstrap_servers, redis_url=redis_url,
+                          workdir=workdir)
+    except StreamcpError as exc:
+        click.echo(f"streamcp demo: {exc}", err=True)
+        sys.exit(EXIT_FAILURE)
+    sys.exit(status)
+
+
+def topic_partition_arg(text: str) -> TopicPartition:
+    topic, _, partition = text.rpartition(":")
+    return TopicPartition(topic, int(partition))
+
+
+if __name__ == "__main__":
+    main()

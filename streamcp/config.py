@@ -1,0 +1,414 @@
+"""Configuration: one TOML file, then environment variables, then CLI flags.
+
+Every section is a frozen, keyword-only dataclass validated on construction;
+a bad value raises :class:`~streamcp.errors.ConfigError` naming the field
+(``commit.every_events``), and the CLI turns that into exit status 2 before
+anything connects.
+
+Environment variables override the file: ``STREAMCP_<SECTION>__<FIELD>``,
+for example ``STREAMCP_KAFKA__BOOTSTRAP_SERVERS`` or
+``STREAMCP_COMMIT__EVERY_SECONDS``. Values are parsed as TOML values when
+they parse (``10``, ``true``, ``["a", "b"]``) and taken as strings otherwise.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import tomllib
+from collections.abc import Mapping
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any, Literal
+
+from streamcp.errors import ConfigError
+
+StartPolicy = Literal["earliest", "latest", "fail"]
+Ordering = Literal["partition", "key"]
+
+ENV_PREFIX = "STREAMCP_"
+
+# librdkafka properties streamcp owns: a user setting them would break the
+# only-after-success rule or the consumer loop's bookkeeping.
+_FORBIDDEN_TRUE = ("enable.auto.commit", "enable.auto.offset.store")
+_OWNED_PROPERTIES = (
+    "group.id",
+    "bootstrap.servers",
+    "on_commit",
+    "enable.partition.eof",
+)
+_SECRET_WORDS = ("password", "secret", "sasl.jaas", "key.pem", "token")
+
+
+def is_secret(name: str) -> bool:
+    """True when a property name holds a credential that must not be shown."""
+    lowered = name.lower()
+    return any(word in lowered for word in _SECRET_WORDS)
+
+
+def redact_url(url: str) -> str:
+    """``url`` with any password replaced by ``***``."""
+    return re.sub(r"(//[^:/@]*:)[^@]*@", r"\1***@", url)
+
+
+def _require(condition: bool, field_name: str, message: str) -> None:
+    if not condition:
+        raise ConfigError(field_name, message)
+
+
+def _check_type(value: Any, kinds: tuple[type, ...], name: str) -> None:
+    # bool is an int to Python, never to a configuration file.
+    if isinstance(value, bool) and bool not in kinds:
+        raise ConfigError(name, f"expected {_kind_names(kinds)}, got {value!r}")
+    if not isinstance(value, kinds):
+        raise ConfigError(name, f"expected {_kind_names(kinds)}, got {value!r}")
+
+
+def _kind_names(kinds: tuple[type, ...]) -> str:
+    return " or ".join(kind.__name__ for kind in kinds)
+
+
+@dataclass(frozen=True, kw_only=True)
+class KafkaConfig:
+    """How to reach Kafka and what to consume."""
+
+    bootstrap_servers: str = "127.0.0.1:9092"
+    group_id: str = "streamcp"
+    topics: tuple[str, ...] = ()
+    topic_pattern: str | None = None
+    assignor: Literal["range", "roundrobin", "cooperative-sticky"] = "range"
+    isolation_level: Literal["read_committed", "read_uncommitted"] = (
+        "read_committed"
+    )
+    session_timeout_ms: int = 10_000
+    max_poll_interval_ms: int = 300_000
+    group_instance_id: str | None = None
+    properties: Mapping[str, str] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        _check_type(self.bootstrap_servers, (str,), "kafka.bootstrap_servers")
+        _require(bool(self.bootstrap_servers), "kafka.bootstrap_servers", "is empty")
+        _check_type(self.group_id, (str,), "kafka.group_id")
+        _require(bool(self.group_id), "kafka.group_id", "is empty")
+        _require(
+            not set("{}") & set(self.group_id),
+            "kafka.group_id",
+            f"may not contain '{{' or '}}', got {self.group_id!r}",
+        )
+        for topic in self.topics:
+            _check_type(topic, (str,), "kafka.topics")
+        _require(
+            bool(self.topics) != (self.topic_pattern is not None),
+            "kafka.topics",
+            "set exactly one of kafka.topics and kafka.topic_pattern",
+        )
+        if self.topic_pattern is not None:
+            _check_pattern(self.topic_pattern)
+        _check_choice(self.assignor, ("range", "roundrobin", "cooperative-sticky"),
+                      "kafka.assignor")
+        _check_choice(self.isolation_level, ("read_committed", "read_uncommitted"),
+                      "kafka.isolation_level")
+        _check_positive_int(self.session_timeout_ms, "kafka.session_timeout_ms")
+        _check_positive_int(self.max_poll_interval_ms, "kafka.max_poll_interval_ms")
+        _check_properties(self.properties)
+
+    def subscription(self) -> list[str]:
+        """The list ``Consumer.subscribe`` takes (a pattern starts with ``^``)."""
+        if self.topic_pattern is not None:
+            return [self.topic_pattern]
+        return list(self.topics)
+
+
+def _check_pattern(pattern: str) -> None:
+    _check_type(pattern, (str,), "kafka.topic_pattern")
+    _require(
+        pattern.startswith("^"),
+        "kafka.topic_pattern",
+        f"must start with '^' (librdkafka's mark of a regex), got {pattern!r}",
+    )
+    try:
+        re.compile(pattern)
+    except re.error as exc:
+        raise ConfigError("kafka.topic_pattern", f"invalid regex: {exc}") from exc
+
+
+def _check_properties(properties: Mapping[str, Any]) -> None:
+    for name, value in properties.items():
+        where = f"kafka.properties.{name!r}"
+        _require(isinstance(value, str | int | float | bool), where,
+                 "must be a string, number or boolean")
+        if name in _FORBIDDEN_TRUE:
+            _require(
+                str(value).lower() in ("false", "0"),
+                where,
+                "must stay false: streamcp commits checkpoints only after "
+                "the handler succeeded",
+            )
+        _require(name not in _OWNED_PROPERTIES, where,
+                 "is set by streamcp; use the kafka section's own field")
+
+
+@dataclass(frozen=True, kw_only=True)
+class RedisConfig:
+    """Where the checkpoint store lives."""
+
+    url: str = "redis://127.0.0.1:6379/0"
+    key_prefix: str = "streamcp"
+    socket_timeout_s: float = 2.0
+    history_max_entries: int = 100_000
+
+    def __post_init__(self) -> None:
+        _check_type(self.url, (str,), "redis.url")
+        _require(
+            self.url.startswith(("redis://", "rediss://", "unix://")),
+            "redis.url",
+            f"must start with redis://, rediss:// or unix://, got "
+            f"{redact_url(self.url)!r}",
+        )
+        _check_type(self.key_prefix, (str,), "redis.key_prefix")
+        _require(
+            bool(re.fullmatch(r"[A-Za-z0-9_.-]+", self.key_prefix)),
+            "redis.key_prefix",
+            f"may hold only letters, digits, '_', '.', '-', got {self.key_prefix!r}",
+        )
+        _check_positive_number(self.socket_timeout_s, "redis.socket_timeout_s")
+        _check_positive_int(self.history_max_entries, "redis.history_max_entries")
+
+
+@dataclass(frozen=True, kw_only=True)
+class CommitConfig:
+    """The commit policy: every N events and/or every T seconds.
+
+    Either may be ``0`` to turn it off, not both. Commits also happen on
+    revocation and on graceful shutdown, whatever these say.
+    """
+
+    every_events: int = 1000
+    every_seconds: float = 5.0
+    mirror_to_kafka: bool = True
+
+    def __post_init__(self) -> None:
+        _check_type(self.every_events, (int,), "commit.every_events")
+        _require(self.every_events >= 0, "commit.every_events",
+                 f"must be 0 (off) or positive, got {self.every_events!r}")
+        _check_type(self.every_seconds, (int, float), "commit.every_seconds")
+        _require(self.every_seconds >= 0, "commit.every_seconds",
+                 f"must be 0 (off) or positive, got {self.every_seconds!r}")
+        _require(
+            self.every_events > 0 or self.every_seconds > 0,
+            "commit.every_events",
+            "and commit.every_seconds are both 0: set at least one",
+        )
+        _check_type(self.mirror_to_kafka, (bool,), "commit.mirror_to_kafka")
+
+
+@dataclass(frozen=True, kw_only=True)
+class ConsumerConfig:
+    """How the loop batches, bounds and drains work."""
+
+    batch_size: int = 500
+    poll_timeout_s: float = 0.1
+    max_in_flight_events: int = 20_000
+    max_in_flight_bytes: int = 64 * 1024 * 1024
+    drain_timeout_s: float = 10.0
+    start_policy: StartPolicy = "earliest"
+    ordering: Ordering = "partition"
+    concurrency: int = 1
+
+    def __post_init__(self) -> None:
+        _check_positive_int(self.batch_size, "consumer.batch_size")
+        _check_positive_number(self.poll_timeout_s, "consumer.poll_timeout_s")
+        _check_positive_int(self.max_in_flight_events, "consumer.max_in_flight_events")
+        _check_positive_int(self.max_in_flight_bytes, "consumer.max_in_flight_bytes")
+        _check_positive_number(self.drain_timeout_s, "consumer.drain_timeout_s")
+        _check_choice(self.start_policy, ("earliest", "latest", "fail"),
+                      "consumer.start_policy")
+        _check_choice(self.ordering, ("partition", "key"), "consumer.ordering")
+        _check_positive_int(self.concurrency, "consumer.concurrency")
+
+
+@dataclass(frozen=True, kw_only=True)
+class HandlerConfig:
+    """Which handler to load (entry point name or ``module:attribute``)."""
+
+    name: str
+    options: Mapping[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        _check_type(self.name, (str,), "handler.name")
+        _require(bool(self.name), "handler.name", "is empty")
+
+
+@dataclass(frozen=True, kw_only=True)
+class LogConfig:
+    level: Literal["debug", "info", "warning", "error"] = "info"
+    format: Literal["auto", "json", "console"] = "auto"
+
+    def __post_init__(self) -> None:
+        _check_choice(self.level, ("debug", "info", "warning", "error"), "log.level")
+        _check_choice(self.format, ("auto", "json", "console"), "log.format")
+
+
+@dataclass(frozen=True, kw_only=True)
+class Config:
+    """The whole configuration of one service instance."""
+
+    kafka: KafkaConfig
+    redis: RedisConfig = field(default_factory=RedisConfig)
+    commit: CommitConfig = field(default_factory=CommitConfig)
+    consumer: ConsumerConfig = field(default_factory=ConsumerConfig)
+    handler: HandlerConfig | None = None
+    handlers: Mapping[str, HandlerConfig] = field(default_factory=dict)
+    log: LogConfig = field(default_factory=LogConfig)
+
+    def __post_init__(self) -> None:
+        _require(
+            self.handler is not None or bool(self.handlers),
+            "handler.name",
+            "no handler configured: set [handler] name, or [handlers.<topic>]",
+        )
+
+
+def _check_choice(value: Any, choices: tuple[str, ...], name: str) -> None:
+    _require(value in choices, name,
+             f"must be one of {', '.join(choices)}, got {value!r}")
+
+
+def _check_positive_int(value: Any, name: str) -> None:
+    _check_type(value, (int,), name)
+    _require(value > 0, name, f"must be positive, got {value!r}")
+
+
+def _check_positive_number(value: Any, name: str) -> None:
+    _check_type(value, (int, float), name)
+    _require(value > 0, name, f"must be positive, got {value!r}")
+
+
+_SECTIONS: dict[str, type[Any]] = {
+    "kafka": KafkaConfig,
+    "redis": RedisConfig,
+    "commit": CommitConfig,
+    "consumer": ConsumerConfig,
+    "log": LogConfig,
+}
+
+
+def load_config(
+    path: Path | None = None,
+    *,
+    environ: Mapping[str, str] | None = None,
+    overrides: Mapping[str, Any] | None = None,
+) -> Config:
+    """Read ``path`` (TOML), apply environment variables, then ``overrides``.
+
+    ``overrides`` maps dotted names (``kafka.group_id``) to values; the CLI
+    builds it from its flags. Raises :class:`ConfigError` for anything
+    invalid, before any connection is made.
+    """
+    raw = _read_file(path) if path is not None else {}
+    env = os.environ if environ is None else environ
+    for dotted, value in _env_overrides(env).items():
+        _set_dotted(raw, dotted, value)
+    for dotted, value in (overrides or {}).items():
+        _set_dotted(raw, dotted, value)
+    return build_config(raw)
+
+
+def _read_file(path: Path) -> dict[str, Any]:
+    try:
+        with path.open("rb") as file:
+            return tomllib.load(file)
+    except FileNotFoundError as exc:
+        raise ConfigError("--config", f"no such file: {str(path)!r}") from exc
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError("--config", f"{str(path)!r} is not valid TOML: {exc}") from exc
+
+
+def _env_overrides(environ: Mapping[str, str]) -> dict[str, Any]:
+    found: dict[str, Any] = {}
+    for name, text in environ.items():
+        if not name.startswith(ENV_PREFIX) or "__" not in name:
+            continue
+        dotted = name[len(ENV_PREFIX):].lower().replace("__", ".")
+        if dotted.split(".")[0] not in (*_SECTIONS, "handler"):
+            continue
+        found[dotted] = parse_value(text)
+    return found
+
+
+def parse_value(text: str) -> Any:
+    """A TOML value if ``text`` is one (``10``, ``true``), else ``text``."""
+    try:
+        return tomllib.loads(f"v = {text}")["v"]
+    except tomllib.TOMLDecodeError:
+        return text
+
+
+def _set_dotted(raw: dict[str, Any], dotted: str, value: Any) -> None:
+    *parents, leaf = dotted.split(".")
+    node = raw
+    for part in parents:
+        child = node.setdefault(part, {})
+        if not isinstance(child, dict):
+            raise ConfigError(dotted, f"{part!r} is not a table")
+        node = child
+    node[leaf] = value
+
+
+def build_config(raw: Mapping[str, Any]) -> Config:
+    """A validated :class:`Config` from parsed TOML tables."""
+    known = {*_SECTIONS, "handler", "handlers"}
+    for name in raw:
+        _require(name in known, str(name),
+                 f"unknown section; expected one of {', '.join(sorted(known))}")
+    sections = {
+        name: _build_section(cls, name, raw.get(name, {}))
+        for name, cls in _SECTIONS.items()
+    }
+    return Config(
+        **sections,
+        handler=_build_handler("handler", raw["handler"]) if "handler" in raw else None,
+        handlers={
+            topic: _build_handler(f"handlers.{topic}", table)
+            for topic, table in _table(raw.get("handlers", {}), "handlers").items()
+        },
+    )
+
+
+def _table(value: Any, name: str) -> Mapping[str, Any]:
+    _require(isinstance(value, Mapping), name, f"must be a table, got {value!r}")
+    result: Mapping[str, Any] = value
+    return result
+
+
+def _build_section(cls: type[Any], name: str, value: Any) -> Any:
+    table = dict(_table(value, name))
+    names = {f.name for f in fields(cls)}
+    for key in table:
+        _require(key in names, f"{name}.{key}",
+                 f"unknown field; expected one of {', '.join(sorted(names))}")
+    if "topics" in table:
+        topics = table["topics"]
+        if isinstance(topics, str):
+            topics = [t for t in topics.split(",") if t]
+        _check_type(topics, (list, tuple), f"{name}.topics")
+        table["topics"] = tuple(topics)
+    if "properties" in table:
+        table["properties"] = dict(_table(table["properties"], f"{name}.properties"))
+    try:
+        return cls(**table)
+    except TypeError as exc:  # a wrong type that compares before we check it
+        raise ConfigError(name, str(exc)) from exc
+
+
+def _build_handler(name: str, value: Any) -> HandlerConfig:
+    table = dict(_table(value, name))
+    for key in table:
+        _require(key in ("name", "options"), f"{name}.{key}",
+                 "unknown field; expected name or options")
+    _require("name" in table, f"{name}.name", "is missing")
+    options = _table(table.get("options", {}), f"{name}.options")
+    try:
+        return HandlerConfig(name=table["name"], options=dict(options))
+    except ConfigError as exc:
+        raise ConfigError(f"{name}.name", exc.message) from exc

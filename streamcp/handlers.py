@@ -1,0 +1,341 @@
+"""Handler plugins: finding them, checking their options, one lifecycle.
+
+A handler is one of:
+
+* a function ``handle(event)``, plain or ``async def``;
+* a class whose instances have ``handle(event)`` and/or
+  ``handle_batch(events)`` (plain or ``async def``), and optionally
+  ``setup()`` and ``close()``.
+
+A class takes its options in its constructor. When it has an ``Options``
+attribute that is a dataclass, the configured options are checked against it
+(unknown, missing and mistyped fields are refused, naming the field) and the
+constructor receives one ``Options`` instance; otherwise it receives them as
+keyword arguments. A function takes no options.
+
+``handle_batch`` receives events of one partition in offset order. It
+returns when every event succeeded; it raises when the batch failed; it
+raises :class:`BatchFailed` to say that the events before an offset
+succeeded and the one at that offset failed.
+
+Handlers are found by name: an entry point in the group
+``streamcp.handlers``, or ``module:attribute``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import importlib
+import inspect
+import types
+import typing
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from importlib.metadata import entry_points
+from typing import Any, Protocol, runtime_checkable
+
+from streamcp.errors import ConfigError, HandlerNotFound
+from streamcp.events import Event
+
+ENTRY_POINT_GROUP = "streamcp.handlers"
+
+
+class BatchFailed(Exception):  # noqa: N818  # reads as the outcome it reports
+    """Raised by ``handle_batch``: events before ``offset`` succeeded.
+
+    The event at ``offset`` failed; chain the cause with ``raise ... from``.
+    """
+
+    def __init__(self, offset: int, message: str = "") -> None:
+        super().__init__(message or f"batch failed at offset {offset}")
+        self.offset = offset
+
+
+@runtime_checkable
+class Handler(Protocol):
+    """The lifecycle every loaded handler is adapted to."""
+
+    name: str
+    batches: bool
+
+    def setup(self) -> None: ...
+
+    def handle(self, event: Event) -> None: ...
+
+    def handle_batch(self, events: Sequence[Event]) -> None: ...
+
+    def close(self) -> None: ...
+
+
+@dataclass(frozen=True)
+class HandlerInfo:
+    """A discovered handler, for listings."""
+
+    name: str
+    source: str
+    target: Any
+
+
+def discover() -> list[HandlerInfo]:
+    """Every handler registered under the ``streamcp.handlers`` entry point."""
+    found = []
+    for ep in entry_points(group=ENTRY_POINT_GROUP):
+        dist = ep.dist.name if ep.dist is not None else "?"
+        found.append(HandlerInfo(ep.name, f"entry point of {dist} ({ep.value})", ep))
+    return sorted(found, key=lambda info: info.name)
+
+
+def resolve(name: str, *, field_name: str = "handler.name") -> Any:
+    """The object a handler name points at; raises :class:`HandlerNotFound`."""
+    if ":" in name:
+        module_name, _, attribute = name.partition(":")
+        try:
+            module = importlib.import_module(module_name)
+        except ImportError as exc:
+            raise HandlerNotFound(
+                field_name, f"cannot import module {module_name!r}: {exc}"
+            ) from exc
+        target: Any = module
+        for part in attribute.split("."):
+            if not hasattr(target, part):
+                raise HandlerNotFound(
+                    field_name, f"module {module_name!r} has no attribute {attribute!r}"
+                )
+            target = getattr(target, part)
+        return target
+    for ep in entry_points(group=ENTRY_POINT_GROUP, name=name):
+        return ep.load()
+    known = ", ".join(info.name for info in discover()) or "none"
+    raise HandlerNotFound(
+        field_name,
+        f"no handler {name!r}: not an entry point of group {ENTRY_POINT_GROUP!r} "
+        f"(known: {known}) nor a module:attribute",
+    )
+
+
+def load(
+    name: str, options: Mapping[str, Any], *, field_name: str = "handler"
+) -> Handler:
+    """Find, check and build a handler; nothing connects yet.
+
+    Raises :class:`~streamcp.errors.ConfigError` (or
+    :class:`HandlerNotFound`) naming the field for any problem.
+    """
+    target = resolve(name, field_name=f"{field_name}.name")
+    return build(target, options, name=name, field_name=field_name)
+
+
+def build(
+    target: Any,
+    options: Mapping[str, Any],
+    *,
+    name: str = "",
+    field_name: str = "handler",
+) -> Handler:
+    """Adapt a function, class or instance to the :class:`Handler` lifecycle."""
+    label = name or getattr(target, "__qualname__", type(target).__name__)
+    if inspect.isclass(target):
+        instance = _instantiate(target, options, field_name)
+        return _ObjectHandler(label, instance, field_name)
+    if callable(target) and not _has_handle(target):
+        if options:
+            raise ConfigError(
+                f"{field_name}.options",
+                f"handler {label!r} is a function and takes no options, "
+                f"got {sorted(options)!r}",
+            )
+        return _FunctionHandler(label, target)
+    if _has_handle(target):
+        return _ObjectHandler(label, target, field_name)
+    raise ConfigError(
+        f"{field_name}.name",
+        f"{label!r} is neither a function nor a class with handle or handle_batch",
+    )
+
+
+def options_schema(target: Any) -> list[tuple[str, str, str]]:
+    """(name, type, default) of each option a handler class declares."""
+    options_cls = getattr(target, "Options", None)
+    if not (inspect.isclass(target) and dataclasses.is_dataclass(options_cls)):
+        return []
+    hints = typing.get_type_hints(options_cls)
+    rows = []
+    for f in dataclasses.fields(options_cls):
+        default = "required"
+        if f.default is not dataclasses.MISSING:
+            default = repr(f.default)
+        elif f.default_factory is not dataclasses.MISSING:
+            default = repr(f.default_factory())
+        rows.append((f.name, _type_name(hints.get(f.name, Any)), default))
+    return rows
+
+
+def _has_handle(target: Any) -> bool:
+    return hasattr(target, "handle") or hasattr(target, "handle_batch")
+
+
+def _instantiate(cls: type[Any], options: Mapping[str, Any], field_name: str) -> Any:
+    if not _has_handle(cls):
+        raise ConfigError(
+            f"{field_name}.name",
+            f"class {cls.__qualname__!r} has neither handle nor handle_batch",
+        )
+    options_cls = getattr(cls, "Options", None)
+    if dataclasses.is_dataclass(options_cls) and isinstance(options_cls, type):
+        return cls(check_options(options_cls, options, f"{field_name}.options"))
+    try:
+        inspect.signature(cls).bind(**options)
+    except TypeError as exc:
+        raise ConfigError(f"{field_name}.options", str(exc)) from exc
+    return cls(**options)
+
+
+def check_options(options_cls: type[Any], raw: Mapping[str, Any], where: str) -> Any:
+    """An ``options_cls`` instance from ``raw``, each field checked."""
+    hints = typing.get_type_hints(options_cls)
+    known = {f.name: f for f in dataclasses.fields(options_cls)}
+    for key in raw:
+        if key not in known:
+            raise ConfigError(
+                f"{where}.{key}",
+                f"unknown option; expected one of {', '.join(sorted(known)) or 'none'}",
+            )
+    values = {}
+    for f in known.values():
+        if f.name not in raw:
+            no_default = f.default is dataclasses.MISSING
+            if no_default and f.default_factory is dataclasses.MISSING:
+                raise ConfigError(f"{where}.{f.name}", "is missing (required option)")
+            continue
+        values[f.name] = _coerce(raw[f.name], hints.get(f.name, Any), f"{where}.{f.name}")
+    try:
+        return options_cls(**values)
+    except (TypeError, ValueError) as exc:
+        raise ConfigError(where, str(exc)) from exc
+
+
+def _coerce(value: Any, hint: Any, where: str) -> Any:
+    if hint is Any:
+        return value
+    origin = typing.get_origin(hint)
+    if origin in (typing.Union, types.UnionType):
+        for option in typing.get_args(hint):
+            if option is type(None) and value is None:
+                return None
+            try:
+                return _coerce(value, option, where)
+            except ConfigError:
+                continue
+        raise ConfigError(where, f"expected {_type_name(hint)}, got {value!r}")
+    if origin is typing.Literal:
+        if value in typing.get_args(hint):
+            return value
+        raise ConfigError(where, f"expected one of {typing.get_args(hint)!r}, got {value!r}")
+    if origin in (list, tuple, Sequence):
+        (item,) = typing.get_args(hint)[:1] or (Any,)
+        if not isinstance(value, list | tuple):
+            raise ConfigError(where, f"expected a list, got {value!r}")
+        items = [_coerce(v, item, where) for v in value]
+        return tuple(items) if origin is tuple else items
+    if hint is float and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    if isinstance(hint, type):
+        if isinstance(value, bool) and hint is not bool:
+            raise ConfigError(where, f"expected {hint.__name__}, got {value!r}")
+        if not isinstance(value, hint):
+            raise ConfigError(where, f"expected {hint.__name__}, got {value!r}")
+    return value
+
+
+def _type_name(hint: Any) -> str:
+    return hint.__name__ if isinstance(hint, type) else str(hint).replace("typing.", "")
+
+
+def _run(result: Any) -> Any:
+    """Await ``result`` on this thread's event loop when it is a coroutine."""
+    if inspect.isawaitable(result):
+        return _event_loop().run_until_complete(result)  # type: ignore[arg-type]
+    return result
+
+
+_loops: dict[int, asyncio.AbstractEventLoop] = {}
+
+
+def _event_loop() -> asyncio.AbstractEventLoop:
+    # One event loop per worker thread, made on first use, for async handlers.
+    import threading
+
+    ident = threading.get_ident()
+    loop = _loops.get(ident)
+    if loop is None:
+        loop = asyncio.new_event_loop()
+        _loops[ident] = loop
+    return loop
+
+
+class _FunctionHandler:
+    batches = False
+
+    def __init__(self, name: str, function: Callable[[Event], Any]) -> None:
+        self.name = name
+        self._function = function
+        self.per_event: Callable[[Event], Any] | None = (
+            None if inspect.iscoroutinefunction(function) else function
+        )
+
+    def setup(self) -> None:
+        return None
+
+    def handle(self, event: Event) -> None:
+        _run(self._function(event))
+
+    def handle_batch(self, events: Sequence[Event]) -> None:
+        for event in events:
+            _run(self._function(event))
+
+    def close(self) -> None:
+        return None
+
+
+class _ObjectHandler:
+    def __init__(self, name: str, instance: Any, field_name: str) -> None:
+        self.name = name
+        self.instance = instance
+        self._setup = getattr(instance, "setup", None)
+        self._close = getattr(instance, "close", None)
+        self._handle = getattr(instance, "handle", None)
+        self._handle_batch = getattr(instance, "handle_batch", None)
+        self.batches = self._handle_batch is not None
+        sync_handle = self._handle is not None and not inspect.iscoroutinefunction(
+            self._handle
+        )
+        # Workers call a plain per-event handle directly, skipping _run.
+        self.per_event: Callable[[Event], Any] | None = (
+            self._handle if sync_handle and self._handle_batch is None else None
+        )
+        for hook in ("setup", "close", "handle", "handle_batch"):
+            method = getattr(instance, hook, None)
+            if method is not None and not callable(method):
+                raise ConfigError(f"{field_name}.name", f"{name}.{hook} is not callable")
+
+    def setup(self) -> None:
+        if self._setup is not None:
+            _run(self._setup())
+
+    def handle(self, event: Event) -> None:
+        if self._handle is not None:
+            _run(self._handle(event))
+        else:
+            self.handle_batch([event])
+
+    def handle_batch(self, events: Sequence[Event]) -> None:
+        if self._handle_batch is not None:
+            _run(self._handle_batch(events))
+            return
+        for event in events:
+            _run(self._handle(event))  # type: ignore[misc]  # checked at build
+
+    def close(self) -> None:
+        if self._close is not None:
+            _run(self._close())

@@ -1,0 +1,515 @@
+"""The consumer service: the loop that owns the consumer.
+
+One iteration polls a batch, hands its events to the dispatcher, looks at
+failures, retries claims that waited for Redis, commits when the commit
+policy says so, and pauses or resumes partitions against the in-flight
+bound. Rebalance callbacks run inside the poll, on this same thread.
+
+Exit status of :meth:`Service.run`: 0 after a graceful stop (SIGTERM,
+SIGINT, :meth:`Service.request_stop`, or catching up when asked to), 1 when
+a handler failed or the service could not go on; in both cases the
+checkpoints of everything that succeeded were committed first, when Redis
+answered within the drain timeout.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
+from typing import Any, Literal
+
+import confluent_kafka
+import structlog
+
+from streamcp.committer import Clock, CommitTimer, commit_requests
+from streamcp.config import Config
+from streamcp.dispatcher import Dispatcher
+from streamcp.errors import (
+    CheckpointStoreError,
+    HandlerFailed,
+    ServiceError,
+    StoreUnavailable,
+    StreamcpError,
+)
+from streamcp.events import TopicPartition
+from streamcp.router import HandlerRouter
+from streamcp.source import (
+    OFFSET_BEGINNING,
+    OFFSET_END,
+    OFFSET_STORED,
+    consumer_settings,
+    from_kafka,
+    group_by_partition,
+    to_kafka,
+)
+from streamcp.store import CheckpointStore, Owner, Refusal
+from streamcp.tracker import OffsetTracker
+
+PartitionStatus = Literal["waiting", "active", "fenced"]
+
+# How often partitions that wait for Redis at assignment retry their claim.
+CLAIM_RETRY_S = 0.5
+# How often --stop-when-caught-up asks the broker for high watermarks when
+# fetch responses have not brought one yet.
+WATERMARK_QUERY_S = 1.0
+
+
+@dataclass
+class _Owned:
+    """A partition this consumer was assigned."""
+
+    epoch: int = 0
+    status: PartitionStatus = "waiting"
+
+
+class Service:
+    """A long-running consumer of one group.
+
+    :meth:`run` blocks until stopped; :meth:`request_stop` may be called from
+    any thread or a signal handler.
+    """
+
+    def __init__(
+        self,
+        config: Config,
+        *,
+        store: CheckpointStore,
+        router: HandlerRouter,
+        owner: Owner | None = None,
+        clock: Clock = time.monotonic,
+        stop_when_caught_up: bool = False,
+        consumer_factory: Callable[[dict[str, Any]], Any] = confluent_kafka.Consumer,
+    ) -> None:
+        self._config = config
+        self._store = store
+        self._router = router
+        self._owner = owner or Owner.for_this_process()
+        self._clock = clock
+        self._stop_when_caught_up = stop_when_caught_up
+        self._consumer_factory = consumer_factory
+        self._group = config.kafka.group_id
+        self._cooperative = config.kafka.assignor == "cooperative-sticky"
+        self._tracker = OffsetTracker()
+        self._timer = CommitTimer(config.commit, clock)
+        self._partitions: dict[TopicPartition, _Owned] = {}
+        self._paused: set[TopicPartition] = set()
+        self._stop = threading.Event()
+        self._failure: StreamcpError | None = None
+        self._claim_retry_at = 0.0
+        self._watermark_at = 0.0
+        self._watermarks: dict[TopicPartition, int] = {}
+        self._ever_assigned = False
+        self._consumer: Any = None
+        self._dispatcher: Dispatcher | None = None
+        self.log = structlog.get_logger("streamcp.service").bind(group=self._group)
+
+    @property
+    def owner(self) -> Owner:
+        return self._owner
+
+    def request_stop(self) -> None:
+        """Ask the loop to stop gracefully; returns at once."""
+        self._stop.set()
+
+    def run(self) -> int:
+        """Consume until stopped; returns the exit status (see module doc)."""
+        self._dispatcher = Dispatcher(
+            concurrency=self._config.consumer.concurrency,
+            ordering=self._config.consumer.ordering,
+        )
+        self._setup_handlers()
+        self._consumer = self._consumer_factory(
+            consumer_settings(self._config.kafka, self._config.consumer.start_policy)
+        )
+        self._consumer.subscribe(
+            self._config.kafka.subscription(),
+            on_assign=self._on_assign,
+            on_revoke=self._on_revoke,
+            on_lost=self._on_lost,
+        )
+        self.log.info("service.started", owner=self._owner.instance_id,
+                      topics=self._config.kafka.subscription())
+        try:
+            while not self._stop.is_set():
+                self._iterate()
+        except StreamcpError as exc:
+            self._fail(exc)
+        finally:
+            self._shutdown()
+        return 0 if self._failure is None else 1
+
+    @property
+    def failure(self) -> StreamcpError | None:
+        """Why the service stopped with status 1, if it did."""
+        return self._failure
+
+    def _iterate(self) -> None:
+        consumer = self._consumer
+        messages = consumer.consume(
+            self._config.consumer.batch_size, self._config.consumer.poll_timeout_s
+        )
+        if messages:
+            self._dispatch(messages)
+        self._check_failures()
+        if self._waiting() and self._clock() >= self._claim_retry_at:
+            self._retry_claims()
+        if self._timer.due(self._dispatcher_finished()):
+            self._commit()
+        self._apply_pauses()
+        if self._stop_when_caught_up and self._caught_up():
+            self.log.info("service.caught_up")
+            self._stop.set()
+
+    def _dispatch(self, messages: Sequence[Any]) -> None:
+        good = [m for m in messages if m.error() is None]
+        if len(good) != len(messages):
+            self._log_errors(m for m in messages if m.error() is not None)
+        dispatcher = self._dispatcher
+        assert dispatcher is not None  # noqa: S101  # set by run() before polling
+        for tp, events, nbytes in group_by_partition(good):
+            owned = self._partitions.get(tp)
+            track = self._tracker.get(tp)
+            if owned is None or owned.status != "active" or track is None:
+                # Waiting or fenced: the partition is sought again when it
+                # becomes active, so these events come back then.
+                continue
+            handler = self._router.for_topic(tp.topic)
+            for index, (lane, lane_events) in enumerate(dispatcher.split(events)):
+                unit = self._tracker.deliver(track, lane_events, nbytes if index == 0 else 0)
+                dispatcher.submit(handler, unit, lane)
+
+    def _log_errors(self, errored: Iterable[Any]) -> None:
+        for message in errored:
+            error = message.error()
+            if error.fatal():
+                raise ServiceError(f"fatal Kafka error: {error.str()}")
+            self.log.warning("consumer.error", code=error.name(), reason=error.str(),
+                             topic=message.topic(), partition=message.partition())
+
+    def _dispatcher_finished(self) -> int:
+        dispatcher = self._dispatcher
+        return dispatcher.finished_events() if dispatcher is not None else 0
+
+    def _check_failures(self) -> None:
+        if self._failure is not None:
+            return
+        for unit in self._tracker.failures():
+            failure = unit.failure
+            assert failure is not None  # noqa: S101  # failures() filters on it
+            offset = unit.next_offset()
+            handler = self._router.for_topic(unit.topic_partition.topic).name
+            error = HandlerFailed(unit.topic_partition, offset if offset is not None
+                                  else unit.last_offset, handler, failure)
+            self.log.error("handler.failed", topic=unit.topic_partition.topic,
+                           partition=unit.topic_partition.partition, offset=offset,
+                           handler=handler, error=repr(failure))
+            self._fail(error)
+            return
+
+    def _fail(self, error: StreamcpError) -> None:
+        if self._failure is None:
+            self._failure = error
+        self._stop.set()
+
+    # -- ownership -----------------------------------------------------------
+
+    def _on_assign(self, consumer: Any, kafka_parts: list[Any]) -> None:
+        parts = from_kafka(kafka_parts)
+        self._ever_assigned = True
+        self._owner = self._owner.with_member(consumer.memberid() or "")
+        claims = self._claim(parts)
+        assignments = []
+        for tp in parts:
+            offset = OFFSET_STORED
+            if claims is None:
+                self._partitions[tp] = _Owned(status="waiting")
+            else:
+                offset = self._activate(tp, claims[tp].epoch, claims[tp].offset)
+            assignments.append(to_kafka(tp, offset))
+        if self._cooperative:
+            consumer.incremental_assign(assignments)
+        else:
+            consumer.assign(assignments)
+        self._paused -= set(parts)
+        self._apply_pauses()
+        self.log.info("partition.assigned", partitions=[str(tp) for tp in parts],
+                      waiting=claims is None)
+
+    def _claim(self, parts: list[TopicPartition]) -> dict[TopicPartition, Any] | None:
+        try:
+            return self._store.claim(self._group, parts, self._owner)
+        except StoreUnavailable as exc:
+            self.log.warning("partition.claim_failed", error=str(exc),
+                             partitions=[str(tp) for tp in parts])
+            self._claim_retry_at = self._clock() + CLAIM_RETRY_S
+            return None
+
+    def _activate(self, tp: TopicPartition, epoch: int, offset: int | None) -> int:
+        """Mark ``tp`` active from its checkpoint; returns where to start."""
+        self._partitions[tp] = _Owned(epoch=epoch, status="active")
+        self._tracker.start(tp, offset)
+        if offset is not None:
+            self.log.info("partition.resumed", topic=tp.topic, partition=tp.partition,
+                          checkpoint=offset, epoch=epoch)
+            return offset
+        policy = self._config.consumer.start_policy
+        self.log.info("partition.started", topic=tp.topic, partition=tp.partition,
+                      start_policy=policy, epoch=epoch)
+        if policy == "fail":
+            self._partitions[tp].status = "fenced"
+            self._fail(ServiceError(
+                f"no checkpoint for {tp} in group {self._group!r} and "
+                f"consumer.start_policy is 'fail'"
+            ))
+            return OFFSET_STORED
+        return OFFSET_BEGINNING if policy == "earliest" else OFFSET_END
+
+    def _waiting(self) -> list[TopicPartition]:
+        return [tp for tp, o in self._partitions.items() if o.status == "waiting"]
+
+    def _retry_claims(self) -> None:
+        parts = self._waiting()
+        claims = self._claim(parts)
+        if claims is None:
+            return
+        for tp in parts:
+            offset = self._activate(tp, claims[tp].epoch, claims[tp].offset)
+            self._seek(tp, offset)
+
+    def _seek(self, tp: TopicPartition, offset: int) -> None:
+        try:
+            self._consumer.seek(to_kafka(tp, offset))
+        except confluent_kafka.KafkaException as exc:
+            raise ServiceError(f"could not seek {tp} to offset {offset}: {exc}") from exc
+
+    def _on_revoke(self, consumer: Any, kafka_parts: list[Any]) -> None:
+        parts = [tp for tp in from_kafka(kafka_parts) if tp in self._partitions]
+        self.log.info("partition.revoking", partitions=[str(tp) for tp in parts])
+        self._drain(parts)
+        self._commit_until(parts, self._clock() + self._config.consumer.drain_timeout_s)
+        self._release(parts)
+        if self._cooperative:
+            consumer.incremental_unassign(kafka_parts)
+        else:
+            consumer.unassign()
+        self.log.info("partition.revoked", partitions=[str(tp) for tp in parts])
+
+    def _on_lost(self, consumer: Any, kafka_parts: list[Any]) -> None:
+        parts = from_kafka(kafka_parts)
+        for tp in parts:
+            self._forget(tp)
+        if self._cooperative:
+            consumer.incremental_unassign(kafka_parts)
+        else:
+            consumer.unassign()
+        self.log.warning("partition.lost", partitions=[str(tp) for tp in parts])
+
+    def _release(self, parts: Sequence[TopicPartition]) -> None:
+        epochs = {
+            tp: o.epoch for tp in parts
+            if (o := self._partitions.get(tp)) is not None and o.status == "active"
+        }
+        try:
+            self._store.release(self._group, self._owner, epochs)
+        except CheckpointStoreError as exc:
+            # The next owner's claim bumps the epoch anyway.
+            self.log.warning("partition.release_failed", error=str(exc))
+        for tp in parts:
+            self._forget(tp)
+
+    def _forget(self, tp: TopicPartition) -> None:
+        self._tracker.forget(tp)
+        if self._dispatcher is not None:
+            self._dispatcher.discard(tp)
+        self._partitions.pop(tp, None)
+        self._paused.discard(tp)
+
+    def _drain(self, parts: Sequence[TopicPartition] | None) -> bool:
+        """Wait for in-flight work of ``parts`` to end, within the drain bound."""
+        deadline = self._clock() + self._config.consumer.drain_timeout_s
+        while not self._tracker.all_finished(parts):
+            if self._clock() >= deadline:
+                self.log.warning("partition.drain_timeout",
+                                 in_flight=self._tracker.in_flight_events)
+                return False
+            time.sleep(0.005)
+        return True
+
+    # -- commits -------------------------------------------------------------
+
+    def _commit(self, only: Sequence[TopicPartition] | None = None) -> bool:
+        """Commit every changed checkpoint; True when the store answered."""
+        wanted = set(only) if only is not None else None
+        tracks = [
+            (track, owned.epoch)
+            for track in self._tracker
+            if (owned := self._partitions.get(track.topic_partition)) is not None
+            and owned.status == "active"
+            and (wanted is None or track.topic_partition in wanted)
+        ]
+        pending = commit_requests(tracks)
+        finished = self._dispatcher_finished()
+        if not pending:
+            self._timer.succeeded(finished)
+            return True
+        started = time.perf_counter()
+        try:
+            result = self._store.commit(self._group, self._owner, [p[0] for p in pending])
+        except StoreUnavailable as exc:
+            delay = self._timer.failed()
+            self.log.warning("checkpoint.commit_failed", error=str(exc),
+                             retry_in_s=delay, partitions=len(pending))
+            return False
+        self._timer.succeeded(finished)
+        accepted = set(result.accepted)
+        mirrored = []
+        for request, track, finished_then in pending:
+            if request.topic_partition not in accepted:
+                continue
+            self._tracker.committed(track, request.offset)
+            track.finished_at_commit = finished_then
+            mirrored.append(to_kafka(request.topic_partition, request.offset))
+        for refusal in result.refused:
+            self._on_refused(refusal)
+        self.log.debug("checkpoint.committed", partitions=len(accepted),
+                       refused=len(result.refused),
+                       duration_ms=round((time.perf_counter() - started) * 1000, 3))
+        self._mirror(mirrored)
+        return True
+
+    def _commit_until(self, parts: Sequence[TopicPartition] | None, deadline: float) -> bool:
+        while not self._commit(parts):
+            if self._clock() >= deadline:
+                self.log.error("checkpoint.commit_abandoned",
+                               reason="store did not answer within the drain timeout")
+                return False
+            time.sleep(0.05)
+        return True
+
+    def _mirror(self, offsets: list[Any]) -> None:
+        if not offsets or not self._config.commit.mirror_to_kafka:
+            return
+        try:
+            self._consumer.commit(offsets=offsets, asynchronous=True)
+        except confluent_kafka.KafkaException as exc:
+            self.log.warning("checkpoint.mirror_failed", error=str(exc))
+
+    def _on_refused(self, refusal: Refusal) -> None:
+        tp = refusal.topic_partition
+        self.log.warning("checkpoint.refused", topic=tp.topic, partition=tp.partition,
+                         reason=refusal.reason, stored_epoch=refusal.stored_epoch,
+                         stored_owner=refusal.stored_owner)
+        if self._adopt_operator_change(refusal):
+            return
+        owned = self._partitions.get(tp)
+        if owned is not None:
+            owned.status = "fenced"
+        self._tracker.forget(tp)
+        if self._dispatcher is not None:
+            self._dispatcher.discard(tp)
+        self._apply_pauses()
+
+    def _adopt_operator_change(self, refusal: Refusal) -> bool:
+        tp = refusal.topic_partition
+        if refusal.reason != "stale_epoch" or refusal.stored_owner != self._owner.instance_id:
+            return False
+        try:
+            stored = self._store.read(self._group, [tp]).get(tp)
+        except StoreUnavailable:
+            return False
+        if stored is None or not stored.operator_change or stored.offset is None:
+            return False
+        self._tracker.forget(tp)
+        if self._dispatcher is not None:
+            self._dispatcher.discard(tp)
+        self._activate(tp, stored.epoch, stored.offset)
+        self._seek(tp, stored.offset)
+        self.log.info("checkpoint.adopted", topic=tp.topic, partition=tp.partition,
+                      checkpoint=stored.offset, epoch=stored.epoch)
+        return True
+
+    # -- flow control ----------------------------------------------------------
+
+    def _apply_pauses(self) -> None:
+        consumer = self._consumer
+        if consumer is None:
+            return
+        limits = self._config.consumer
+        over = (
+            self._tracker.in_flight_events >= limits.max_in_flight_events
+            or self._tracker.in_flight_bytes >= limits.max_in_flight_bytes
+        )
+        wanted = {
+            tp for tp, owned in self._partitions.items()
+            if over or owned.status != "active" or self._stop.is_set()
+        }
+        to_pause = wanted - self._paused
+        to_resume = self._paused - wanted
+        if to_pause:
+            consumer.pause([to_kafka(tp) for tp in to_pause])
+            self.log.debug("partition.paused", partitions=len(to_pause),
+                           in_flight=self._tracker.in_flight_events)
+        if to_resume:
+            consumer.resume([to_kafka(tp) for tp in to_resume if tp in self._partitions])
+            self.log.debug("partition.unpaused", partitions=len(to_resume))
+        self._paused = wanted
+
+    def _caught_up(self) -> bool:
+        if not self._ever_assigned or self._waiting():
+            return False
+        active = [tp for tp, o in self._partitions.items() if o.status == "active"]
+        for tp in active:
+            track = self._tracker.get(tp)
+            if track is None or track.units:
+                return False
+            high = self._high_watermark(tp)
+            if high is None:
+                return False
+            checkpoint = track.checkpoint()
+            position = checkpoint if checkpoint is not None else 0
+            if high > 0 and position < high:
+                return False
+        return True
+
+    def _high_watermark(self, tp: TopicPartition) -> int | None:
+        _, high = self._consumer.get_watermark_offsets(to_kafka(tp), cached=True)
+        if high is not None and high >= 0:
+            return int(high)
+        if self._clock() < self._watermark_at:
+            return self._watermarks.get(tp)
+        self._watermark_at = self._clock() + WATERMARK_QUERY_S
+        try:
+            _, high = self._consumer.get_watermark_offsets(to_kafka(tp), timeout=5)
+        except confluent_kafka.KafkaException:
+            return None
+        self._watermarks[tp] = int(high)
+        return int(high)
+
+    # -- lifecycle -------------------------------------------------------------
+
+    def _setup_handlers(self) -> None:
+        for handler in self._router:
+            handler.setup()
+
+    def _shutdown(self) -> None:
+        self.log.info("service.stopping", reason="failure" if self._failure else "stop")
+        if self._consumer is not None:
+            self._apply_pauses()
+            self._drain(None)
+            self._commit_until(None, self._clock() + self._config.consumer.drain_timeout_s)
+            self._release(list(self._partitions))
+            try:
+                self._consumer.close()
+            except (RuntimeError, confluent_kafka.KafkaException) as exc:
+                self.log.warning("consumer.close_failed", error=str(exc))
+        if self._dispatcher is not None:
+            self._dispatcher.close(self._config.consumer.drain_timeout_s)
+        for handler in self._router:
+            try:
+                handler.close()
+            except Exception as exc:  # noqa: BLE001  # a close error must not mask the exit
+                self.log.warning("handler.close_failed", handler=handler.name,
+                                 error=repr(exc))
+        self.log.info("service.stopped", exit_status=0 if self._failure is None else 1)
