@@ -345,7 +345,12 @@ def parse_value(text: str) -> Any:
 
 
 def _set_dotted(raw: dict[str, Any], dotted: str, value: Any) -> None:
-    *parents, leaf = dotted.split(".")
+    if dotted.startswith("kafka.properties."):
+        # librdkafka property names hold dots themselves: take the rest whole.
+        parents = ["kafka", "properties"]
+        leaf = dotted[len("kafka.properties."):].strip("'\"")
+    else:
+        *parents, leaf = dotted.split(".")
     node = raw
     for part in parents:
         child = node.setdefault(part, {})
