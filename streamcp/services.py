@@ -39,6 +39,7 @@ import atexit
 import contextlib
 import ctypes
 import importlib
+import logging
 import os
 import shutil
 import signal
@@ -207,11 +208,11 @@ def _kill(proc: subprocess.Popen[bytes]) -> None:
     _reap(proc, _STOP_TIMEOUT_S)
 
 
-def _terminate(proc: subprocess.Popen[bytes]) -> None:
+def _terminate(proc: subprocess.Popen[bytes], grace_s: float = _STOP_TIMEOUT_S) -> None:
     """SIGCONT then SIGTERM the child; SIGKILL if it has not exited in time."""
     _signal(proc, signal.SIGCONT)
     _signal(proc, signal.SIGTERM)
-    if not _reap(proc, _STOP_TIMEOUT_S):
+    if not _reap(proc, grace_s):
         _kill(proc)
 
 
@@ -327,9 +328,15 @@ def docker_engine_answers(timeout_s: float = 2.0) -> bool:
 # Kafka
 
 
+# librdkafka's own log lines from the clients made here go to stdlib logging
+# (and so stay quiet unless asked for) rather than straight to stderr.
+_librdkafka_log = logging.getLogger(f"{__name__}.librdkafka")
+
+
 def _admin(bootstrap_servers: str) -> AdminClient:
     return AdminClient(
-        {"bootstrap.servers": bootstrap_servers, "socket.timeout.ms": 10000}
+        {"bootstrap.servers": bootstrap_servers, "socket.timeout.ms": 10000},
+        logger=_librdkafka_log,
     )
 
 
@@ -447,7 +454,9 @@ class KafkaService:
             return
         self._stopped = True
         if self._process is not None:
-            _terminate(self._process)
+            # Memory storage: nothing to lose. tansu lingers about 5s on
+            # SIGTERM when clients saw it frozen, so it gets one second.
+            _terminate(self._process, grace_s=1.0)
         if self._container is not None:
             _stop_container(self._container)
         log.info(
@@ -615,12 +624,13 @@ def produce_records(
     request in flight, so offsets are in input order and tansu's ListOffsets
     stays right. Raises ``KafkaException`` when any record was not delivered.
     """
-    config: dict[str, str | int] = {
+    config: dict[str, Any] = {
         "bootstrap.servers": bootstrap_servers,
         "linger.ms": 0,
         "batch.num.messages": 1,
         "acks": "all",
         "max.in.flight.requests.per.connection": 1,
+        "logger": _librdkafka_log,
     }
     config.update(extra_config or {})
     producer = Producer(config)
