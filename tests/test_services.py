@@ -414,3 +414,33 @@ def test_apache_kafka_tests_are_deselected_and_listed(
     )
     result.stdout.fnmatch_lines(["*test_inner.py::test_needs_apache"])
     assert "deselected" not in result.stdout.str()
+
+
+def test_unprovidable_service_fails_instead_of_skipping(
+    pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """In CI a test whose Kafka or Redis cannot be provided errors out, with
+    a message naming the variable; it is never skipped."""
+    pytester.makeconftest(CONFTEST.read_text())
+    pytester.makepyfile(
+        test_inner="""
+        def test_needs_kafka(kafka):
+            pass
+
+        def test_needs_redis(redis_service):
+            pass
+        """
+    )
+    port = free_port()
+    monkeypatch.setenv("CI", "true")
+    monkeypatch.setenv("STREAMCP_TEST_KAFKA_BOOTSTRAP", f"127.0.0.1:{port}")
+    monkeypatch.setenv("STREAMCP_TEST_REDIS_URL", f"redis://127.0.0.1:{port}/0")
+    result = pytester.runpytest_subprocess("-p", "no:cacheprovider")
+    result.assert_outcomes(errors=2)
+    assert result.ret == pytest.ExitCode.TESTS_FAILED
+    result.stdout.fnmatch_lines(
+        [
+            "*cannot provide a Kafka broker in CI*STREAMCP_TEST_KAFKA_BOOTSTRAP*",
+            "*cannot provide a Redis in CI*STREAMCP_TEST_REDIS_URL*",
+        ]
+    )
