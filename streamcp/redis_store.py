@@ -35,6 +35,8 @@ from typing import Any
 
 import redis
 import redis.exceptions
+from redis.backoff import NoBackoff
+from redis.retry import Retry
 
 from streamcp.errors import CheckpointStoreError, StoreUnavailable
 from streamcp.events import TopicPartition
@@ -118,6 +120,9 @@ class RedisCheckpointStore:
             socket_timeout=socket_timeout_s,
             socket_connect_timeout=socket_timeout_s,
             health_check_interval=30,
+            # The service retries with its own backoff while it keeps
+            # polling; the client's retries would only block the loop.
+            retry=Retry(NoBackoff(), 0),
         )
         return cls(client, key_prefix=key_prefix,
                    history_max_entries=history_max_entries)

@@ -462,7 +462,7 @@ class Service:
         active = [tp for tp, o in self._partitions.items() if o.status == "active"]
         for tp in active:
             track = self._tracker.get(tp)
-            if track is None or track.units:
+            if track is None or not all(unit.finished for unit in track.units):
                 return False
             high = self._high_watermark(tp)
             if high is None:

@@ -8,9 +8,11 @@ the checkpoint store; Kafka's group offsets only mirror accepted checkpoints.
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator, Sequence
+import logging
 from typing import Any
 
 import confluent_kafka
+import structlog
 from confluent_kafka import KafkaError, KafkaException
 
 from streamcp.config import KafkaConfig, StartPolicy
@@ -28,6 +30,28 @@ _ASSIGNORS = {
     "cooperative-sticky": "cooperative-sticky",
 }
 _RESET = {"earliest": "earliest", "latest": "latest", "fail": "error"}
+
+
+class _LibrdkafkaLog(logging.Handler):
+    """Forwards librdkafka's own log lines as structlog events."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._log = structlog.get_logger("streamcp.librdkafka")
+
+    def emit(self, record: logging.LogRecord) -> None:
+        level = "warning" if record.levelno >= logging.WARNING else "debug"
+        getattr(self._log, level)("kafka.client_log", message=record.getMessage())
+
+
+def librdkafka_logger() -> logging.Logger:
+    """A stdlib logger for librdkafka's ``logger`` property."""
+    logger = logging.getLogger("streamcp.librdkafka")
+    if not logger.handlers:
+        logger.addHandler(_LibrdkafkaLog())
+        logger.propagate = False
+        logger.setLevel(logging.INFO)
+    return logger
 
 
 def consumer_settings(config: KafkaConfig, start_policy: StartPolicy) -> dict[str, Any]:
@@ -50,6 +74,7 @@ def consumer_settings(config: KafkaConfig, start_policy: StartPolicy) -> dict[st
         }
     )
     settings.setdefault("fetch.queue.backoff.ms", 10)
+    settings.setdefault("logger", librdkafka_logger())
     if config.group_instance_id:
         settings["group.instance.id"] = config.group_instance_id
     return settings
