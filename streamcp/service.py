@@ -147,9 +147,7 @@ class Service:
 
     def _iterate(self) -> None:
         consumer = self._consumer
-        messages = consumer.consume(
-            self._config.consumer.batch_size, self._config.consumer.poll_timeout_s
-        )
+        messages = consumer.consume(self._batch_limit(), self._config.consumer.poll_timeout_s)
         if messages:
             self._dispatch(messages)
         self._check_failures()
@@ -161,6 +159,12 @@ class Service:
         if self._stop_when_caught_up and self._caught_up():
             self.log.info("service.caught_up")
             self._stop.set()
+
+    def _batch_limit(self) -> int:
+        """At most a batch, and never more than the in-flight bound has room for."""
+        limits = self._config.consumer
+        room = limits.max_in_flight_events - self._tracker.in_flight_events
+        return max(1, min(limits.batch_size, room))
 
     def _dispatch(self, messages: Sequence[Any]) -> None:
         good = [m for m in messages if m.error() is None]
