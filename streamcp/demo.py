@@ -355,9 +355,9 @@ delay_ms = {FIRST_RUN_DELAY_MS}
         say("Every partition resumed exactly at its stored checkpoint.")
         fresh = [p for p in range(PARTITIONS) if stored.get(p) is None]
         if fresh:
-            say(f"(Partition(s) {', '.join(map(str, fresh))}: no event handled in the "
-                f"first run, so no checkpoint; the second run started there from "
-                f"the beginning, as consumer.start_policy = earliest says.)")
+            say(f"(Partition {', '.join(map(str, fresh))}: nothing handled in the "
+                f"first run, so no checkpoint;\n the second run started it from the "
+                f"beginning, as consumer.start_policy = earliest says.)")
 
     def resumed_at(self, log_path: Path) -> dict[int, int | None]:
         """Partition -> checkpoint the service resumed at (None: no checkpoint)."""

@@ -3,8 +3,12 @@
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
+import time
 import zlib
 from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -279,3 +283,81 @@ def test_wikistats_is_registered_as_an_entry_point() -> None:
     assert loaded.instance.options == WikiStats.Options(
         redis_url="redis://127.0.0.1:1/0", key_prefix="wikistats", delay_ms=0
     )
+
+
+def test_stats_stay_exact_when_the_service_is_killed_and_events_come_again(
+    kafka: KafkaService,
+    redis_service: RedisService,
+    redis_client: redis.Redis,
+    topic_factory: Callable[..., str],
+    key_prefix: str,
+    tmp_path: Path,
+) -> None:
+    """At-least-once for real: `streamcp run` is SIGKILLed after counting
+    more events than its checkpoints cover, so the next run gets those events
+    again from the stored checkpoints; the statistics still come out exactly
+    compute_stats of the file."""
+    topic = topic_factory(PARTITIONS)
+    produce_records(kafka.bootstrap_servers, topic, [
+        (r["title"].encode(), json.dumps(r).encode(), r["timestamp"] * 1000, None)
+        for r in RECORDS
+    ])
+    group = f"g-{key_prefix}"
+    config = tmp_path / "wikistats.toml"
+    config.write_text(f"""
+[kafka]
+bootstrap_servers = "{kafka.bootstrap_servers}"
+group_id = "{group}"
+topics = ["{topic}"]
+session_timeout_ms = 6000
+[commit]
+every_events = 25
+every_seconds = 0
+[consumer]
+batch_size = 5
+[redis]
+url = "{redis_service.url}"
+key_prefix = "{key_prefix}"
+[log]
+format = "json"
+[handler]
+name = "wikistats"
+[handler.options]
+redis_url = "{redis_service.url}"
+key_prefix = "{key_prefix}"
+delay_ms = 20
+""")
+    command = [sys.executable, "-m", "streamcp.cli", "run", "--config", str(config)]
+    store = RedisCheckpointStore.from_url(redis_service.url, key_prefix=key_prefix)
+    try:
+        with (tmp_path / "run-1.log").open("wb") as log:
+            first = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT)
+            try:
+                deadline = time.monotonic() + 60
+                while time.monotonic() < deadline and first.poll() is None:
+                    committed = sum(cp.offset or 0 for cp in store.read(group).values())
+                    counted = read_stats(redis_client, key_prefix)["events"]
+                    if committed and counted >= 40 and counted > committed:
+                        break
+                    time.sleep(0.02)
+                first.kill()
+            finally:
+                first.kill()
+                first.wait()
+        checkpoints = {tp: cp.offset or 0 for tp, cp in store.read(group).items()}
+        applied = read_applied(redis_client, key_prefix)
+        assert sum(applied.values()) > sum(checkpoints.values()) > 0, (
+            applied, checkpoints)
+
+        second = subprocess.run([*command, "--set", "handler.options.delay_ms=0",
+                                 "--stop-when-caught-up"],
+                                capture_output=True, text=True, timeout=120,
+                                check=False)
+        assert second.returncode == 0, second.stderr[-3000:]
+        final = {tp: cp.offset for tp, cp in store.read(group).items()}
+    finally:
+        store.close()
+
+    assert read_stats(redis_client, key_prefix) == compute_stats(RECORDS)
+    assert final == read_applied(redis_client, key_prefix)
+    assert sum(offset or 0 for offset in final.values()) == len(RECORDS)
