@@ -25,6 +25,7 @@ from streamcp.errors import ConfigError
 
 StartPolicy = Literal["earliest", "latest", "fail"]
 Ordering = Literal["partition", "key"]
+StoreLossPolicy = Literal["fail", "recover_from_kafka"]
 
 ENV_PREFIX = "STREAMCP_"
 
@@ -214,6 +215,10 @@ class ConsumerConfig:
     start_policy: StartPolicy = "earliest"
     ordering: Ordering = "partition"
     concurrency: int = 1
+    dead_letter_timeout_s: float = 30.0
+    # What to do when Redis holds no checkpoint for a partition that Kafka's
+    # mirrored group offsets show was committed before (the store lost data).
+    on_store_loss: StoreLossPolicy = "fail"
 
     def __post_init__(self) -> None:
         _check_positive_int(self.batch_size, "consumer.batch_size")
@@ -225,14 +230,37 @@ class ConsumerConfig:
                       "consumer.start_policy")
         _check_choice(self.ordering, ("partition", "key"), "consumer.ordering")
         _check_positive_int(self.concurrency, "consumer.concurrency")
+        _check_positive_number(self.dead_letter_timeout_s,
+                               "consumer.dead_letter_timeout_s")
+        _check_choice(self.on_store_loss, ("fail", "recover_from_kafka"),
+                      "consumer.on_store_loss")
+
+
+POLICY_FIELDS = (
+    "retry_attempts",
+    "retry_backoff_s",
+    "retry_max_backoff_s",
+    "on_failure",
+    "dead_letter_topic",
+    "timeout_s",
+    "key_codec",
+    "value_codec",
+    "tombstones",
+)
 
 
 @dataclass(frozen=True, kw_only=True)
 class HandlerConfig:
-    """Which handler to load (entry point name or ``module:attribute``)."""
+    """Which handler to load (entry point name or ``module:attribute``).
+
+    ``policy`` holds the failure-handling fields that were set (see
+    :mod:`streamcp.failures`); unset ones fall back to what the handler
+    class declares, then to the defaults.
+    """
 
     name: str
     options: Mapping[str, Any] = field(default_factory=dict)
+    policy: Mapping[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         _check_type(self.name, (str,), "handler.name")
@@ -250,6 +278,35 @@ class LogConfig:
 
 
 @dataclass(frozen=True, kw_only=True)
+class MetricsConfig:
+    """The HTTP endpoint for ``/metrics``, ``/healthz`` and ``/readyz``.
+
+    ``address`` is ``host:port``; port 0 picks a free one (logged as
+    ``metrics.listening``). ``/healthz`` fails when the polling loop has not
+    iterated for ``liveness_timeout_s``.
+    """
+
+    enabled: bool = True
+    address: str = "127.0.0.1:9400"
+    liveness_timeout_s: float = 30.0
+
+    def __post_init__(self) -> None:
+        _check_type(self.enabled, (bool,), "metrics.enabled")
+        _check_type(self.address, (str,), "metrics.address")
+        split_address(self.address)
+        _check_positive_number(self.liveness_timeout_s, "metrics.liveness_timeout_s")
+
+
+def split_address(address: str) -> tuple[str, int]:
+    """``(host, port)`` of ``host:port`` or ``[v6 host]:port``."""
+    host, sep, port = address.rpartition(":")
+    host = host.strip("[]")
+    _require(bool(sep and host) and port.isdigit() and int(port) <= 65535,
+             "metrics.address", f"expected host:port, got {address!r}")
+    return host, int(port)
+
+
+@dataclass(frozen=True, kw_only=True)
 class Config:
     """The whole configuration of one service instance."""
 
@@ -260,6 +317,7 @@ class Config:
     handler: HandlerConfig | None = None
     handlers: Mapping[str, HandlerConfig] = field(default_factory=dict)
     log: LogConfig = field(default_factory=LogConfig)
+    metrics: MetricsConfig = field(default_factory=MetricsConfig)
 
     def __post_init__(self) -> None:
         _require(
@@ -267,6 +325,30 @@ class Config:
             "handler.name",
             "no handler configured: set [handler] name, or [handlers.<topic>]",
         )
+        self._check_timeouts()
+
+    def _check_timeouts(self) -> None:
+        # A revocation waits up to the drain timeout inside the rebalance
+        # callback, where the consumer cannot poll: past max.poll.interval.ms
+        # the group would evict it.
+        poll_ms = self.kafka.max_poll_interval_ms
+        _require(self.kafka.session_timeout_ms <= poll_ms, "kafka.max_poll_interval_ms",
+                 f"must be at least kafka.session_timeout_ms "
+                 f"({self.kafka.session_timeout_ms}), got {poll_ms}")
+        _require(self.consumer.drain_timeout_s * 1000 < poll_ms, "consumer.drain_timeout_s",
+                 f"must be shorter than kafka.max_poll_interval_ms ({poll_ms} ms), got "
+                 f"{self.consumer.drain_timeout_s!r}")
+        named = [("handler", self.handler)] + [
+            (f"handlers.{topic}", h) for topic, h in self.handlers.items()
+        ]
+        for where, handler in named:
+            timeout = handler.policy.get("timeout_s") if handler else None
+            if timeout is None or not isinstance(timeout, int | float):
+                continue
+            _require(timeout * 1000 < poll_ms, f"{where}.timeout_s",
+                     f"must be shorter than kafka.max_poll_interval_ms ({poll_ms} ms): "
+                     f"a call revoked mid-way is waited for inside the rebalance, "
+                     f"got {timeout!r}")
 
 
 def _check_choice(value: Any, choices: tuple[str, ...], name: str) -> None:
@@ -290,6 +372,7 @@ _SECTIONS: dict[str, type[Any]] = {
     "commit": CommitConfig,
     "consumer": ConsumerConfig,
     "log": LogConfig,
+    "metrics": MetricsConfig,
 }
 
 
@@ -408,12 +491,14 @@ def _build_section(cls: type[Any], name: str, value: Any) -> Any:
 
 def _build_handler(name: str, value: Any) -> HandlerConfig:
     table = dict(_table(value, name))
+    allowed = ("name", "options", *POLICY_FIELDS)
     for key in table:
-        _require(key in ("name", "options"), f"{name}.{key}",
-                 "unknown field; expected name or options")
+        _require(key in allowed, f"{name}.{key}",
+                 f"unknown field; expected one of {', '.join(allowed)}")
     _require("name" in table, f"{name}.name", "is missing")
     options = _table(table.get("options", {}), f"{name}.options")
+    policy = {key: table[key] for key in POLICY_FIELDS if key in table}
     try:
-        return HandlerConfig(name=table["name"], options=dict(options))
+        return HandlerConfig(name=table["name"], options=dict(options), policy=policy)
     except ConfigError as exc:
         raise ConfigError(f"{name}.name", exc.message) from exc

@@ -7,28 +7,48 @@ offset order; with ``ordering = "key"`` a partition's events are spread over
 different keys run side by side. A lane runs on at most one worker at a
 time; ``concurrency`` worker threads serve all lanes.
 
-Workers record progress on the unit itself (see :mod:`streamcp.tracker`);
-the loop reads it. After a failure a lane runs nothing more of that
-partition's generation, because later events must not overtake it.
+A failed event is retried on its lane after a backoff: the lane waits (later
+events of its partition with it), the worker serves other lanes meanwhile,
+and the retry resumes at the failed event, not at the start of the batch.
+After the last attempt the handler's :class:`~streamcp.failures.FailurePolicy`
+decides. Workers record progress on the unit itself (see
+:mod:`streamcp.tracker`); the loop reads it.
 """
 
 from __future__ import annotations
 
+import concurrent.futures
+import heapq
 import threading
+import time
 import zlib
 from collections import deque
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from enum import Enum
+from itertools import count, islice
 from typing import Any
 
 import structlog
 
+from streamcp.deadletter import DeadLetters
+from streamcp.errors import DeadLetterFailed, DecodeError, HandlerTimeout
 from streamcp.events import Event, TopicPartition
+from streamcp.failures import FailurePolicy
 from streamcp.handlers import BatchFailed, Handler
 from streamcp.tracker import Unit
 
 log = structlog.get_logger("streamcp.dispatcher")
 
 LaneKey = tuple[TopicPartition, int]
+Clock = Callable[[], float]
+DEFAULT_POLICY = FailurePolicy()
+
+
+class Outcome(Enum):
+    DONE = "done"
+    RETRY = "retry"
+    FAILED = "failed"
+    CANCELLED = "cancelled"
 
 
 class _Lane:
@@ -44,19 +64,31 @@ class _Lane:
 class Dispatcher:
     """Hands units to worker threads; never blocks the caller.
 
-    :meth:`submit` and :meth:`discard` are called from the loop's thread;
-    :meth:`close` waits for the workers to stop (a handler call in progress
-    is waited for, up to ``timeout_s``).
+    :meth:`submit`, :meth:`discard` and :meth:`abandon_retries` are called
+    from the loop's thread; :meth:`close` waits for the workers to stop (a
+    handler call in progress is waited for, up to ``timeout_s``).
     """
 
-    def __init__(self, *, concurrency: int = 1, ordering: str = "partition") -> None:
+    def __init__(
+        self,
+        *,
+        concurrency: int = 1,
+        ordering: str = "partition",
+        dead_letters: DeadLetters | None = None,
+        clock: Clock = time.monotonic,
+    ) -> None:
         self._concurrency = concurrency
         self._by_key = ordering == "key"
+        self._dead_letters = dead_letters
+        self._clock = clock
         self._lanes: dict[LaneKey, _Lane] = {}
         self._ready: deque[_Lane] = deque()
+        self._delayed: list[tuple[float, int, _Lane]] = []
+        self._sequence = count()
         self._cond = threading.Condition()
         self._closing = False
         self.finished_counts = [0] * concurrency
+        self.failed: deque[Unit] = deque()
         self._threads = [
             threading.Thread(
                 target=self._work, args=(index,), name=f"streamcp-worker-{index}",
@@ -68,7 +100,7 @@ class Dispatcher:
             thread.start()
 
     def finished_events(self) -> int:
-        """Events that succeeded since the dispatcher started."""
+        """Events that succeeded (or were skipped or dead-lettered) so far."""
         return sum(self.finished_counts)
 
     def split(self, events: Sequence[Event]) -> list[tuple[int, list[Event]]]:
@@ -102,8 +134,21 @@ class Dispatcher:
                 for _, unit in lane.units:
                     unit.cancelled = True
                 lane.units.clear()
-                if not lane.busy:
-                    del self._lanes[key]
+
+    def abandon_retries(self, partitions: Sequence[TopicPartition] | None = None) -> None:
+        """Cancel lanes waiting out a backoff (shutdown, revocation).
+
+        Their events were not handled; they are delivered again after the
+        next assignment, from the committed checkpoint.
+        """
+        wanted = None if partitions is None else set(partitions)
+        with self._cond:
+            for lane in self._lanes.values():
+                if wanted is not None and lane.key[0] not in wanted:
+                    continue
+                if lane.units and lane.units[0][1].retry_at is not None:
+                    for _, unit in lane.units:
+                        unit.cancelled = True
 
     def close(self, timeout_s: float = 10.0) -> bool:
         """Stop the workers; True when all stopped within ``timeout_s``."""
@@ -113,22 +158,45 @@ class Dispatcher:
                 for _, unit in lane.units:
                     unit.cancelled = True
             self._cond.notify_all()
-        deadline = timeout_s
+        deadline = time.monotonic() + timeout_s
         for thread in self._threads:
-            thread.join(deadline)
+            thread.join(max(0.0, deadline - time.monotonic()))
+        if self._dead_letters is not None:
+            self._dead_letters.close()
         return not any(thread.is_alive() for thread in self._threads)
 
     def _work(self, index: int) -> None:
-        while True:
-            with self._cond:
-                while not self._ready and not self._closing:
-                    self._cond.wait()
-                if self._closing:
+        executor: concurrent.futures.ThreadPoolExecutor | None = None
+        try:
+            while True:
+                lane = self._next_lane()
+                if lane is None:
                     return
-                lane = self._ready.popleft()
-            self._drain(lane, index)
+                if executor is None:
+                    executor = concurrent.futures.ThreadPoolExecutor(
+                        max_workers=1, thread_name_prefix=f"streamcp-call-{index}")
+                self._drain(lane, index, executor)
+        finally:
+            if executor is not None:
+                executor.shutdown(wait=False)
 
-    def _drain(self, lane: _Lane, index: int) -> None:
+    def _next_lane(self) -> _Lane | None:
+        with self._cond:
+            while True:
+                if self._closing:
+                    return None
+                now = self._clock()
+                while self._delayed and self._delayed[0][0] <= now:
+                    _, _, lane = heapq.heappop(self._delayed)
+                    self._ready.append(lane)
+                if self._ready:
+                    return self._ready.popleft()
+                wait = self._delayed[0][0] - now if self._delayed else None
+                self._cond.wait(wait)
+
+    def _drain(
+        self, lane: _Lane, index: int, executor: concurrent.futures.ThreadPoolExecutor
+    ) -> None:
         while True:
             with self._cond:
                 if not lane.units or self._closing:
@@ -136,52 +204,212 @@ class Dispatcher:
                     if not lane.units:
                         self._lanes.pop(lane.key, None)
                     return
-                handler, unit = lane.units.popleft()
-            if unit.cancelled or unit.generation == lane.failed_generation:
-                continue
-            self.finished_counts[index] += run_unit(handler, unit)
-            if unit.failure is not None:
-                lane.failed_generation = unit.generation
+                handler, unit = lane.units[0]
+                if unit.cancelled or unit.generation == lane.failed_generation:
+                    unit.cancelled = True
+                    lane.units.popleft()
+                    continue
+                unit.running = True
+                unit.retry_at = None
+            before = unit.done
+            try:
+                outcome = run_unit(handler, unit, self._dead_letters, executor, self._clock)
+            finally:
+                unit.running = False
+            self.finished_counts[index] += unit.done - before
+            if outcome is Outcome.RETRY:
+                with self._cond:
+                    assert unit.retry_at is not None  # noqa: S101  # set by run_unit
+                    heapq.heappush(self._delayed, (unit.retry_at, next(self._sequence), lane))
+                    self._cond.notify()
+                return
+            with self._cond:
+                lane.units.popleft()
+                if outcome is Outcome.FAILED:
+                    lane.failed_generation = unit.generation
+                    self.failed.append(unit)
 
 
-def run_unit(handler: Handler, unit: Unit) -> int:
-    """Handle one unit's events; returns how many succeeded.
+def run_unit(
+    handler: Handler,
+    unit: Unit,
+    dead_letters: DeadLetters | None = None,
+    executor: concurrent.futures.Executor | None = None,
+    clock: Clock = time.monotonic,
+) -> Outcome:
+    """Handle a unit's events from ``unit.done`` on, applying the policy.
 
-    Progress goes to ``unit.done`` after each event; a failure is stored in
-    ``unit.failure`` and stops the unit. Never raises for a handler error.
+    Progress goes to ``unit.done`` after each event. Returns RETRY with
+    ``unit.retry_at`` set when the event at ``done`` should be called again
+    later; FAILED with ``unit.failure`` set when the policy stops the
+    partition there. Never raises for a handler error.
     """
+    policy: FailurePolicy = getattr(handler, "policy", DEFAULT_POLICY)
+    while True:
+        if unit.cancelled:
+            return Outcome.CANCELLED
+        if unit.done >= unit.size:
+            return Outcome.DONE
+        error = _attempt(handler, unit, policy, executor)
+        if error is None:
+            continue
+        outcome = _after_failure(handler, unit, policy, error, dead_letters, clock)
+        if outcome is not None:
+            return outcome
+
+
+def _attempt(
+    handler: Handler,
+    unit: Unit,
+    policy: FailurePolicy,
+    executor: concurrent.futures.Executor | None,
+) -> BaseException | None:
+    """Run events from ``unit.done`` until one fails; returns its error."""
     events = unit.events
-    if unit.cancelled or not events:
-        return 0
+    start = unit.done
+    decode = _decoder(policy)
+    timed = policy.timeout_s is not None and executor is not None
     if getattr(handler, "batches", False):
-        return _run_batch(handler, unit, events)
+        batch = events[start:]
+        try:
+            if decode is not None:
+                for event in batch:
+                    decode(event)
+            call = _call_with_timeout if timed else _call
+            call(handler.handle_batch, batch, policy, executor, batch[0])
+        except BatchFailed as exc:
+            unit.done = start + _index_of(batch, exc.offset)
+            unit.attempts = 0 if unit.done > start else unit.attempts
+            return exc.__cause__ if isinstance(exc.__cause__, Exception) else exc
+        except Exception as exc:  # noqa: BLE001  # any handler error is an outcome
+            return exc
+        unit.done = unit.size
+        unit.attempts = 0
+        return None
     handle: Any = getattr(handler, "per_event", None) or handler.handle
-    done = 0
+    done = start
     try:
-        for event in events:
-            if unit.cancelled:
-                break
-            handle(event)
-            done += 1
-            unit.done = done
+        if decode is None and not timed:
+            for event in islice(events, start, None):
+                if unit.cancelled:
+                    return None
+                handle(event)
+                done += 1
+                unit.done = done
+                unit.attempts = 0
+        else:
+            for event in islice(events, start, None):
+                if unit.cancelled:
+                    return None
+                if decode is not None:
+                    decode(event)
+                if timed:
+                    _call_with_timeout(handle, event, policy, executor, event)
+                else:
+                    handle(event)
+                done += 1
+                unit.done = done
+                unit.attempts = 0
     except Exception as exc:  # noqa: BLE001  # any handler error is an outcome
-        unit.failure = exc
-    return done
+        return exc
+    return None
 
 
-def _run_batch(handler: Handler, unit: Unit, events: Sequence[Event]) -> int:
+def _call(function: Any, argument: Any, *_: Any) -> None:
+    function(argument)
+
+
+def _call_with_timeout(
+    function: Any,
+    argument: Any,
+    policy: FailurePolicy,
+    executor: concurrent.futures.Executor | None,
+    event: Event,
+) -> None:
+    assert executor is not None and policy.timeout_s is not None  # noqa: S101
+    future = executor.submit(function, argument)
     try:
-        handler.handle_batch(events)
-    except BatchFailed as exc:
-        done = _index_of(events, exc.offset)
-        unit.done = done
-        unit.failure = exc.__cause__ if isinstance(exc.__cause__, Exception) else exc
-        return done
-    except Exception as exc:  # noqa: BLE001  # any handler error is an outcome
-        unit.failure = exc
-        return 0
-    unit.done = len(events)
-    return len(events)
+        future.result(timeout=policy.timeout_s)
+    except concurrent.futures.TimeoutError:
+        # The call is abandoned: its late result is ignored, and the next
+        # attempt starts only once it has returned.
+        log.warning("handler.timed_out", topic=event.topic, partition=event.partition,
+                    offset=event.offset, timeout_s=policy.timeout_s)
+        concurrent.futures.wait([future])
+        raise HandlerTimeout(event.topic, event.partition, event.offset,
+                             f"handler call overran its timeout of {policy.timeout_s}s"
+                             ) from None
+
+
+def _decoder(policy: FailurePolicy) -> Callable[[Event], None] | None:
+    key_codec, value_codec = policy.key_codec, policy.value_codec
+    if key_codec.name == "bytes" and value_codec.name == "bytes":
+        return None
+
+    def decode(event: Event) -> None:
+        event.decoded_key = _decode(key_codec, event.key, event, "key")
+        event.decoded_value = _decode(value_codec, event.value, event, "value")
+
+    return decode
+
+
+def _decode(codec: Any, data: bytes | None, event: Event, what: str) -> Any:
+    if data is None:
+        if codec.tombstones or what == "key":
+            return None
+        raise DecodeError(event.topic, event.partition, event.offset,
+                          f"tombstone (no {what}) where the {codec.name} codec needs one")
+    try:
+        return codec.decode(data)
+    except Exception as exc:  # noqa: BLE001  # any codec error means undecodable
+        raise DecodeError(event.topic, event.partition, event.offset,
+                          f"{what} is not valid {codec.name}: {exc}") from exc
+
+
+def _after_failure(
+    handler: Handler,
+    unit: Unit,
+    policy: FailurePolicy,
+    error: BaseException,
+    dead_letters: DeadLetters | None,
+    clock: Clock,
+) -> Outcome | None:
+    """Retry, or apply the policy; None means go on with the next event."""
+    event = unit.events[unit.done]
+    unit.attempts += 1
+    context = {"topic": event.topic, "partition": event.partition,
+               "offset": event.offset, "handler": handler.name,
+               "attempt": unit.attempts, "error": f"{type(error).__name__}: {error}"}
+    if policy.retryable(error) and unit.attempts < policy.attempts:
+        delay = policy.delay_s(unit.attempts)
+        unit.retry_at = clock() + delay
+        unit.retried += 1
+        log.warning("event.retrying", retry_in_s=round(delay, 3), **context)
+        return Outcome.RETRY
+    action = policy.on_failure
+    if action == "skip":
+        log.warning("event.skipped", **context)
+        unit.skipped += 1
+        return _passed(unit)
+    if action == "dead-letter":
+        topic = policy.dead_letter_topic_for(event.topic)
+        if dead_letters is not None and dead_letters.send(
+            topic, event, error, unit.attempts, handler.name
+        ):
+            unit.dead_lettered += 1
+            return _passed(unit)
+        error = DeadLetterFailed(event.topic, event.partition, event.offset,
+                                 f"dead-letter topic {topic!r} did not take the event "
+                                 f"after {type(error).__name__}: {error}")
+    unit.failure = error
+    log.error("event.failed", action="stop" if action == "stop" else "pause", **context)
+    return Outcome.FAILED
+
+
+def _passed(unit: Unit) -> None:
+    unit.done += 1
+    unit.attempts = 0
+    return None
 
 
 def _index_of(events: Sequence[Event], offset: int) -> int:

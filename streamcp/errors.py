@@ -4,13 +4,20 @@
 
     StreamcpError
     ├── ConfigError               bad configuration; the CLI exits with status 2
-    │   └── HandlerNotFound       no handler under that name
-    ├── HandlerFailed             a handler raised for an event
+    │   ├── HandlerNotFound       no handler under that name
+    │   └── RequestRefused        a replay or runs request refused before it ran
+    ├── HandlerFailed             a handler's failure stopped the service
+    ├── DecodeError               an event's key or value could not be decoded
+    ├── HandlerTimeout            a handler call overran its timeout
+    ├── DeadLetterFailed          the dead-letter topic did not take an event
     ├── CheckpointStoreError      the checkpoint store failed
     │   ├── StoreUnavailable      Redis did not answer
     │   └── StoreLost             checkpoints vanished for a group that had some
-    ├── CommitRefused             (internal) the store refused a commit
-    └── ServiceError              the service could not go on
+    ├── ServiceError              the service could not go on
+    └── ReplayError               a replay run could not go on
+
+    NonRetryable                  raised (or subclassed) by handlers: do not
+                                  retry this error, apply the policy at once
 """
 
 from __future__ import annotations
@@ -33,6 +40,13 @@ class ConfigError(StreamcpError):
 
 class HandlerNotFound(ConfigError):
     """No handler is registered or importable under the given name."""
+
+
+class RequestRefused(ConfigError):
+    """A replay or runs request is refused before anything runs.
+
+    ``field`` names the option at fault (``--from``, ``--resume``).
+    """
 
 
 class HandlerFailed(StreamcpError):
@@ -69,3 +83,37 @@ class StoreLost(CheckpointStoreError):
 
 class ServiceError(StreamcpError):
     """The service cannot go on."""
+
+
+class EventError(StreamcpError):
+    """An error about one event; carries its position."""
+
+    def __init__(self, topic: str, partition: int, offset: int, message: str) -> None:
+        super().__init__(f"{topic}[{partition}] offset {offset}: {message}")
+        self.topic = topic
+        self.partition = partition
+        self.offset = offset
+
+
+class DecodeError(EventError):
+    """An event's key or value could not be decoded by the handler's codec."""
+
+
+class HandlerTimeout(EventError):
+    """A handler call overran the handler's timeout; its result is ignored."""
+
+
+class DeadLetterFailed(EventError):
+    """The broker did not acknowledge the dead-letter record of an event."""
+
+
+class NonRetryable(Exception):  # noqa: N818  # reads as what the handler means
+    """Raise (or subclass) in a handler: retrying this error cannot help.
+
+    The handler's failure policy applies at once. Chain the real cause with
+    ``raise NonRetryable("...") from exc``.
+    """
+
+
+class ReplayError(StreamcpError):
+    """A replay run could not go on (stalled, fenced, a broker error)."""

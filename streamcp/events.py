@@ -28,9 +28,13 @@ class Event:
     milliseconds since the epoch, or ``None`` when the broker gave none.
     ``run_id`` is set when the event is delivered by a replay run and is
     ``None`` for the live service, so handlers can tell the two apart.
+    ``decoded_key`` and ``decoded_value`` are the key and value as the
+    handler's codecs decoded them (the raw bytes when it declares none).
     """
 
     __slots__ = (
+        "decoded_key",
+        "decoded_value",
         "headers",
         "key",
         "offset",
@@ -61,6 +65,8 @@ class Event:
         self.headers = headers
         self.timestamp_ms = timestamp_ms
         self.run_id = run_id
+        self.decoded_key: Any = key
+        self.decoded_value: Any = value
 
     @property
     def topic_partition(self) -> TopicPartition:
@@ -87,6 +93,8 @@ class Event:
     def __eq__(self, other: Any) -> bool:
         if not isinstance(other, Event):
             return NotImplemented
-        return all(getattr(self, s) == getattr(other, s) for s in self.__slots__)
+        fields = ("topic", "partition", "offset", "key", "value", "headers",
+                  "timestamp_ms", "run_id")
+        return all(getattr(self, f) == getattr(other, f) for f in fields)
 
     __hash__ = None  # type: ignore[assignment]  # mutable slots: not hashable

@@ -35,8 +35,10 @@ from dataclasses import dataclass
 from importlib.metadata import entry_points
 from typing import Any, Protocol, runtime_checkable
 
+from streamcp.codecs import codec_by_name
 from streamcp.errors import ConfigError, HandlerNotFound
 from streamcp.events import Event
+from streamcp.failures import FailurePolicy
 
 ENTRY_POINT_GROUP = "streamcp.handlers"
 
@@ -58,6 +60,7 @@ class Handler(Protocol):
 
     name: str
     batches: bool
+    policy: FailurePolicy
 
     def setup(self) -> None: ...
 
@@ -115,15 +118,56 @@ def resolve(name: str, *, field_name: str = "handler.name") -> Any:
 
 
 def load(
-    name: str, options: Mapping[str, Any], *, field_name: str = "handler"
+    name: str,
+    options: Mapping[str, Any],
+    *,
+    field_name: str = "handler",
+    policy: Mapping[str, Any] | None = None,
 ) -> Handler:
     """Find, check and build a handler; nothing connects yet.
 
-    Raises :class:`~streamcp.errors.ConfigError` (or
-    :class:`HandlerNotFound`) naming the field for any problem.
+    ``policy`` holds failure-handling settings from the configuration
+    (``retry_attempts``, ``on_failure``, codecs, ...). Raises
+    :class:`~streamcp.errors.ConfigError` (or :class:`HandlerNotFound`)
+    naming the field for any problem.
     """
     target = resolve(name, field_name=f"{field_name}.name")
-    return build(target, options, name=name, field_name=field_name)
+    handler = build(target, options, name=name, field_name=field_name)
+    handler.policy = failure_policy(target, policy or {}, field_name)
+    return handler
+
+
+def failure_policy(
+    target: Any, settings: Mapping[str, Any], field_name: str = "handler"
+) -> FailurePolicy:
+    """The handler's policy: configuration, else what the class declares."""
+
+    def pick(name: str, default: Any) -> Any:
+        if name in settings:
+            return settings[name]
+        return getattr(target, name, default)
+
+    tombstones = pick("tombstones", False)
+    if not isinstance(tombstones, bool):
+        raise ConfigError(f"{field_name}.tombstones", f"must be true or false, got "
+                          f"{tombstones!r}")
+    non_retryable = getattr(target, "non_retryable", ())
+    try:
+        return FailurePolicy(
+            attempts=pick("retry_attempts", 3),
+            backoff_s=pick("retry_backoff_s", 0.2),
+            max_backoff_s=pick("retry_max_backoff_s", 10.0),
+            on_failure=pick("on_failure", "pause"),
+            dead_letter_topic=pick("dead_letter_topic", None),
+            timeout_s=pick("timeout_s", None),
+            key_codec=codec_by_name(pick("key_codec", "bytes"), "key"),
+            value_codec=codec_by_name(pick("value_codec", "bytes"), "value",
+                                      tombstones=tombstones),
+            non_retryable=tuple(non_retryable),
+        )
+    except ConfigError as exc:
+        field = exc.field.replace("handler.", f"{field_name}.", 1)
+        raise ConfigError(field, exc.message) from exc
 
 
 def build(
@@ -279,6 +323,7 @@ class _FunctionHandler:
 
     def __init__(self, name: str, function: Callable[[Event], Any]) -> None:
         self.name = name
+        self.policy = failure_policy(function, {})
         self._function = function
         self.per_event: Callable[[Event], Any] | None = (
             None if inspect.iscoroutinefunction(function) else function
@@ -302,6 +347,7 @@ class _ObjectHandler:
     def __init__(self, name: str, instance: Any, field_name: str) -> None:
         self.name = name
         self.instance = instance
+        self.policy = failure_policy(instance, {}, field_name)
         self._setup = getattr(instance, "setup", None)
         self._close = getattr(instance, "close", None)
         self._handle = getattr(instance, "handle", None)

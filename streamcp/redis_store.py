@@ -21,6 +21,9 @@ Fields of a checkpoint hash (all strings, as Redis keeps them):
     committed_by_member
     events               events handled between the previous commit and this
     operator_change      "1" when an operator set the offset, until claimed
+    paused               "1" while the partition is paused at a failed event
+    paused_offset        the offset of that event
+    paused_reason        why (the error), and paused_at when (ISO 8601 UTC)
 
 No key has a TTL. One :meth:`RedisCheckpointStore.commit` is one ``EVALSHA``
 whatever the number of partitions.
@@ -105,6 +108,7 @@ class RedisCheckpointStore:
         self._claim = client.register_script(_script("claim.lua"))
         self._release = client.register_script(_script("release.lua"))
         self._set = client.register_script(_script("set_offset.lua"))
+        self._pause = client.register_script(_script("pause.lua"))
 
     @classmethod
     def from_url(
@@ -213,6 +217,29 @@ class RedisCheckpointStore:
         row = self._call(self._set, key_list, args)
         return _parse_checkpoint(topic_partition, row)
 
+    def pause(
+        self,
+        namespace: str,
+        owner: Owner,
+        topic_partition: TopicPartition,
+        epoch: int,
+        offset: int,
+        reason: str,
+    ) -> bool:
+        keys = self.keys(namespace)
+        key_list = [keys.history, keys.checkpoint(topic_partition)]
+        args = ["pause", _member(topic_partition), owner.instance_id, epoch, offset,
+                reason[:500], now_utc().isoformat(timespec="milliseconds"),
+                self._history_max]
+        return bool(self._call(self._pause, key_list, args))
+
+    def unpause(self, namespace: str, topic_partition: TopicPartition, by: str) -> bool:
+        keys = self.keys(namespace)
+        key_list = [keys.history, keys.checkpoint(topic_partition)]
+        args = ["unpause", _member(topic_partition), by, 0, 0, "",
+                now_utc().isoformat(timespec="milliseconds"), self._history_max]
+        return bool(self._call(self._pause, key_list, args))
+
     def history(self, namespace: str, count: int = 100) -> list[HistoryEntry]:
         keys = self.keys(namespace)
         try:
@@ -233,6 +260,65 @@ class RedisCheckpointStore:
         except _UNAVAILABLE as exc:
             raise StoreUnavailable(f"redis did not answer: {exc}") from exc
         return sorted(names)
+
+    def dump(self, namespace: str) -> dict[TopicPartition, dict[str, str]]:
+        """Every checkpoint hash of ``namespace``, field by field (for export)."""
+        keys = self.keys(namespace)
+        try:
+            wanted = sorted(_parse_member(m)
+                            for m in self._client.smembers(keys.partitions))
+            pipe = self._client.pipeline(transaction=False)
+            for tp in wanted:
+                pipe.hgetall(keys.checkpoint(tp))
+            rows = pipe.execute()
+        except _UNAVAILABLE as exc:
+            raise StoreUnavailable(f"redis did not answer: {exc}") from exc
+        return {
+            tp: {_text(k): _text(v) for k, v in row.items()}
+            for tp, row in zip(wanted, rows, strict=True)
+            if row
+        }
+
+    def restore(
+        self, namespace: str, rows: Mapping[TopicPartition, Mapping[str, str]], by: str
+    ) -> None:
+        """Write checkpoint hashes as :meth:`dump` gave them (for import).
+
+        Each hash is replaced whole, with its owner cleared (whoever owned it
+        elsewhere owns nothing here); every partition gets an ``operator``
+        entry in the history. One ``MULTI`` transaction: all or nothing.
+        """
+        keys = self.keys(namespace)
+        at = now_utc().isoformat(timespec="milliseconds")
+        existing = self.read(namespace, list(rows))
+        pipe = self._client.pipeline(transaction=True)
+        for tp, fields in sorted(rows.items()):
+            values: dict[Any, Any] = {**fields, "owner": ""}
+            key = keys.checkpoint(tp)
+            pipe.delete(key)
+            pipe.hset(key, mapping=values)
+            pipe.sadd(keys.partitions, _member(tp))
+            previous = existing[tp].offset if tp in existing else None
+            pipe.xadd(keys.history, {
+                "kind": "operator", "topic": tp.topic, "partition": tp.partition,
+                "offset": values.get("offset", ""),
+                "previous": "" if previous is None else previous,
+                "epoch": values.get("epoch", "0"), "owner": by, "at": at,
+            }, maxlen=self._history_max, approximate=True)
+        try:
+            pipe.execute()
+        except _UNAVAILABLE as exc:
+            raise StoreUnavailable(f"redis did not answer: {exc}") from exc
+
+    def delete(self, namespace: str) -> int:
+        """Delete every key of ``namespace``; returns how many were deleted."""
+        keys = self.keys(namespace)
+        try:
+            members = self._client.smembers(keys.partitions)
+            names = [keys.checkpoint(_parse_member(m)) for m in members]
+            return int(self._client.delete(*names, keys.partitions, keys.history))
+        except _UNAVAILABLE as exc:
+            raise StoreUnavailable(f"redis did not answer: {exc}") from exc
 
     def ping(self) -> None:
         try:
@@ -285,6 +371,11 @@ def _checkpoint_from_hash(tp: TopicPartition, row: Mapping[Any, Any]) -> Checkpo
         committed_by_member=fields.get("committed_by_member", ""),
         events=int(fields.get("events", "0")),
         operator_change=fields.get("operator_change") == "1",
+        paused=fields.get("paused") == "1",
+        paused_offset=int(fields["paused_offset"]) if fields.get("paused_offset") else None,
+        paused_reason=fields.get("paused_reason", ""),
+        paused_at=datetime.fromisoformat(fields["paused_at"])
+        if fields.get("paused_at") else None,
     )
 
 

@@ -24,16 +24,23 @@ import confluent_kafka
 import structlog
 
 from streamcp.committer import Clock, CommitTimer, commit_requests
-from streamcp.config import Config
+from streamcp.config import Config, split_address
+from streamcp.deadletter import DeadLetters
 from streamcp.dispatcher import Dispatcher
 from streamcp.errors import (
     CheckpointStoreError,
+    DeadLetterFailed,
     HandlerFailed,
     ServiceError,
+    StoreLost,
     StoreUnavailable,
     StreamcpError,
 )
 from streamcp.events import TopicPartition
+from streamcp.health import Health, HealthServer
+from streamcp.metrics import Metrics
+from streamcp.observe import KAFKA_STALE_S, STATS_INTERVAL_MS, LoopObserver
+from streamcp.recovery import StoreLossGuard
 from streamcp.router import HandlerRouter
 from streamcp.source import (
     OFFSET_BEGINNING,
@@ -44,13 +51,16 @@ from streamcp.source import (
     group_by_partition,
     to_kafka,
 )
-from streamcp.store import CheckpointStore, Owner, Refusal
+from streamcp.store import Checkpoint, CheckpointStore, Owner, Refusal
 from streamcp.tracker import OffsetTracker
 
-PartitionStatus = Literal["waiting", "active", "fenced"]
+PartitionStatus = Literal["waiting", "active", "paused", "fenced"]
 
 # How often partitions that wait for Redis at assignment retry their claim.
 CLAIM_RETRY_S = 0.5
+# How often a partition paused at a failed event asks the store whether an
+# operator lifted the pause.
+PAUSE_CHECK_S = 2.0
 # How often --stop-when-caught-up asks the broker for high watermarks when
 # fetch responses have not brought one yet.
 WATERMARK_QUERY_S = 1.0
@@ -62,6 +72,7 @@ class _Owned:
 
     epoch: int = 0
     status: PartitionStatus = "waiting"
+    paused_offset: int | None = None
 
 
 class Service:
@@ -80,6 +91,7 @@ class Service:
         owner: Owner | None = None,
         clock: Clock = time.monotonic,
         stop_when_caught_up: bool = False,
+        retry_paused: bool = False,
         consumer_factory: Callable[[dict[str, Any]], Any] = confluent_kafka.Consumer,
     ) -> None:
         self._config = config
@@ -88,6 +100,9 @@ class Service:
         self._owner = owner or Owner.for_this_process()
         self._clock = clock
         self._stop_when_caught_up = stop_when_caught_up
+        self._retry_paused = retry_paused
+        self._pause_check_at = 0.0
+        self._pending_pauses: dict[TopicPartition, tuple[int, int, str]] = {}
         self._consumer_factory = consumer_factory
         self._group = config.kafka.group_id
         self._cooperative = config.kafka.assignor == "cooperative-sticky"
@@ -104,6 +119,14 @@ class Service:
         self._consumer: Any = None
         self._dispatcher: Dispatcher | None = None
         self.log = structlog.get_logger("streamcp.service").bind(group=self._group)
+        self.metrics = Metrics()
+        self.health = Health(liveness_timeout_s=config.metrics.liveness_timeout_s,
+                             kafka_stale_s=KAFKA_STALE_S)
+        self._observer = LoopObserver(self.metrics, self.health, store)
+        self._tracker.on_release = self._observer.released
+        self._store_loss = StoreLossGuard(self._group, store,
+                                          config.consumer.on_store_loss)
+        self._http: HealthServer | None = None
 
     @property
     def owner(self) -> Owner:
@@ -115,14 +138,20 @@ class Service:
 
     def run(self) -> int:
         """Consume until stopped; returns the exit status (see module doc)."""
+        self._serve_http()
         self._dispatcher = Dispatcher(
             concurrency=self._config.consumer.concurrency,
             ordering=self._config.consumer.ordering,
+            dead_letters=self._dead_letters(),
+            clock=self._clock,
         )
-        self._setup_handlers()
-        self._consumer = self._consumer_factory(
-            consumer_settings(self._config.kafka, self._config.consumer.start_policy)
-        )
+        try:
+            self._setup_handlers()
+        except ServiceError as exc:
+            self._fail(exc)
+            self._shutdown()
+            return 1
+        self._consumer = self._consumer_factory(self._consumer_settings())
         self._consumer.subscribe(
             self._config.kafka.subscription(),
             on_assign=self._on_assign,
@@ -153,12 +182,28 @@ class Service:
         self._check_failures()
         if self._waiting() and self._clock() >= self._claim_retry_at:
             self._retry_claims()
-        if self._timer.due(self._dispatcher_finished()):
+        if self._clock() >= self._pause_check_at:
+            self._check_pauses()
+        if self._timer.due(self._dispatcher_finished()) or self._bound_wants_commit():
             self._commit()
         self._apply_pauses()
+        self._observe()
         if self._stop_when_caught_up and self._caught_up():
             self.log.info("service.caught_up")
             self._stop.set()
+
+    def _bound_wants_commit(self) -> bool:
+        """At the in-flight bound, commit now: finished events free room only
+        once committed, so waiting for the policy would stall the consumer."""
+        if self._timer.retrying:
+            return False
+        limits = self._config.consumer
+        tracker = self._tracker
+        over = (tracker.in_flight_events >= limits.max_in_flight_events
+                or tracker.in_flight_bytes >= limits.max_in_flight_bytes)
+        return over and any(
+            track.checkpoint() != track.committed for track in tracker
+        )
 
     def _batch_limit(self) -> int:
         """At most a batch, and never more than the in-flight bound has room for."""
@@ -168,6 +213,8 @@ class Service:
 
     def _dispatch(self, messages: Sequence[Any]) -> None:
         good = [m for m in messages if m.error() is None]
+        self.log.debug("batch.polled", events=len(good),
+                       errors=len(messages) - len(good))
         if len(good) != len(messages):
             self._log_errors(m for m in messages if m.error() is not None)
         dispatcher = self._dispatcher
@@ -197,20 +244,75 @@ class Service:
         return dispatcher.finished_events() if dispatcher is not None else 0
 
     def _check_failures(self) -> None:
-        if self._failure is not None:
+        dispatcher = self._dispatcher
+        if dispatcher is None:
             return
-        for unit in self._tracker.failures():
+        while dispatcher.failed:
+            unit = dispatcher.failed.popleft()
+            tp = unit.topic_partition
+            track = self._tracker.get(tp)
+            if track is None or track.generation != unit.generation or unit.cancelled:
+                continue  # the partition moved on since; the outcome is stale
             failure = unit.failure
-            assert failure is not None  # noqa: S101  # failures() filters on it
             offset = unit.next_offset()
-            handler = self._router.for_topic(unit.topic_partition.topic).name
-            error = HandlerFailed(unit.topic_partition, offset if offset is not None
-                                  else unit.last_offset, handler, failure)
-            self.log.error("handler.failed", topic=unit.topic_partition.topic,
-                           partition=unit.topic_partition.partition, offset=offset,
-                           handler=handler, error=repr(failure))
-            self._fail(error)
+            assert failure is not None and offset is not None  # noqa: S101  # FAILED
+            handler = self._router.for_topic(tp.topic)
+            if handler.policy.on_failure == "stop" and not isinstance(
+                failure, DeadLetterFailed
+            ):
+                self._fail(HandlerFailed(tp, offset, handler.name, failure))
+                return
+            self._pause_at_failure(tp, offset, f"{type(failure).__name__}: {failure}")
+
+    def _pause_at_failure(self, tp: TopicPartition, offset: int, reason: str) -> None:
+        """Stop ``tp`` at the failed event; the other partitions go on."""
+        owned = self._partitions.get(tp)
+        if owned is None or owned.status != "active":
             return
+        self._commit_until([tp], self._clock() + self._config.consumer.drain_timeout_s)
+        self._tracker.forget(tp)
+        if self._dispatcher is not None:
+            self._dispatcher.discard(tp)
+        owned.status = "paused"
+        owned.paused_offset = offset
+        self._pending_pauses[tp] = (owned.epoch, offset, reason)
+        self._record_pauses()
+        self._apply_pauses()
+        self.log.error("partition.paused", topic=tp.topic, partition=tp.partition,
+                       offset=offset, reason=reason)
+
+    def _record_pauses(self) -> None:
+        for tp, (epoch, offset, reason) in list(self._pending_pauses.items()):
+            try:
+                self._store.pause(self._group, self._owner, tp, epoch, offset, reason)
+            except StoreUnavailable:
+                return  # retried with the next pause check
+            del self._pending_pauses[tp]
+
+    def _check_pauses(self) -> None:
+        """Resume partitions whose pause an operator lifted in the store."""
+        self._pause_check_at = self._clock() + PAUSE_CHECK_S
+        self._record_pauses()
+        paused = [tp for tp, o in self._partitions.items()
+                  if o.status == "paused" and tp not in self._pending_pauses]
+        if not paused:
+            return
+        try:
+            stored = self._store.read(self._group, paused)
+        except StoreUnavailable:
+            return
+        for tp in paused:
+            checkpoint = stored.get(tp)
+            if checkpoint is None or checkpoint.paused:
+                continue
+            owned = self._partitions[tp]
+            offset = checkpoint.offset if checkpoint.offset is not None else owned.paused_offset
+            if offset is None:
+                continue
+            self._activate(tp, owned.epoch, offset)
+            self._seek(tp, offset)
+            self.log.info("partition.unpaused", topic=tp.topic, partition=tp.partition,
+                          checkpoint=offset)
 
     def _fail(self, error: StreamcpError) -> None:
         if self._failure is None:
@@ -230,7 +332,7 @@ class Service:
             if claims is None:
                 self._partitions[tp] = _Owned(status="waiting")
             else:
-                offset = self._activate(tp, claims[tp].epoch, claims[tp].offset)
+                offset = self._activate_claim(tp, claims[tp])
             assignments.append(to_kafka(tp, offset))
         if self._cooperative:
             consumer.incremental_assign(assignments)
@@ -240,15 +342,48 @@ class Service:
         self._apply_pauses()
         self.log.info("partition.assigned", partitions=[str(tp) for tp in parts],
                       waiting=claims is None)
+        self.metrics.count_rebalance("assigned")
 
     def _claim(self, parts: list[TopicPartition]) -> dict[TopicPartition, Any] | None:
         try:
-            return self._store.claim(self._group, parts, self._owner)
+            claims = self._store.claim(self._group, parts, self._owner)
+            resolved = self._store_loss.resolve(self._consumer, self._owner, claims)
         except StoreUnavailable as exc:
             self.log.warning("partition.claim_failed", error=str(exc),
                              partitions=[str(tp) for tp in parts])
             self._claim_retry_at = self._clock() + CLAIM_RETRY_S
             return None
+        except StoreLost as exc:
+            self._fail(exc)
+            resolved = None
+        if resolved is None:
+            self._claim_retry_at = self._clock() + CLAIM_RETRY_S
+            return None
+        self._observer.claimed(resolved)
+        return resolved
+
+    def _activate_claim(self, tp: TopicPartition, claim: Checkpoint) -> int:
+        """Take over a claimed partition; a recorded pause stays in force."""
+        if claim.paused and self._retry_paused:
+            self._unpause(tp)
+        elif claim.paused:
+            offset = claim.offset if claim.offset is not None else claim.paused_offset
+            self._partitions[tp] = _Owned(epoch=claim.epoch, status="paused",
+                                          paused_offset=offset)
+            self.log.warning("partition.still_paused", topic=tp.topic,
+                             partition=tp.partition, offset=offset,
+                             reason=claim.paused_reason)
+            return offset if offset is not None else OFFSET_STORED
+        return self._activate(tp, claim.epoch, claim.offset)
+
+    def _unpause(self, tp: TopicPartition) -> None:
+        try:
+            self._store.unpause(self._group, tp, by=self._owner.instance_id)
+        except StoreUnavailable as exc:
+            self.log.warning("partition.unpause_failed", topic=tp.topic,
+                             partition=tp.partition, error=str(exc))
+            return
+        self.log.info("partition.retrying_paused", topic=tp.topic, partition=tp.partition)
 
     def _activate(self, tp: TopicPartition, epoch: int, offset: int | None) -> int:
         """Mark ``tp`` active from its checkpoint; returns where to start."""
@@ -279,7 +414,7 @@ class Service:
         if claims is None:
             return
         for tp in parts:
-            offset = self._activate(tp, claims[tp].epoch, claims[tp].offset)
+            offset = self._activate_claim(tp, claims[tp])
             self._seek(tp, offset)
 
     def _seek(self, tp: TopicPartition, offset: int) -> None:
@@ -299,6 +434,7 @@ class Service:
         else:
             consumer.unassign()
         self.log.info("partition.revoked", partitions=[str(tp) for tp in parts])
+        self.metrics.count_rebalance("revoked")
 
     def _on_lost(self, consumer: Any, kafka_parts: list[Any]) -> None:
         parts = from_kafka(kafka_parts)
@@ -309,6 +445,7 @@ class Service:
         else:
             consumer.unassign()
         self.log.warning("partition.lost", partitions=[str(tp) for tp in parts])
+        self.metrics.count_rebalance("lost")
 
     def _release(self, parts: Sequence[TopicPartition]) -> None:
         epochs = {
@@ -329,10 +466,13 @@ class Service:
             self._dispatcher.discard(tp)
         self._partitions.pop(tp, None)
         self._paused.discard(tp)
+        self._observer.forgotten(tp)
 
     def _drain(self, parts: Sequence[TopicPartition] | None) -> bool:
         """Wait for in-flight work of ``parts`` to end, within the drain bound."""
         deadline = self._clock() + self._config.consumer.drain_timeout_s
+        if self._dispatcher is not None:
+            self._dispatcher.abandon_retries(parts)
         while not self._tracker.all_finished(parts):
             if self._clock() >= deadline:
                 self.log.warning("partition.drain_timeout",
@@ -362,6 +502,7 @@ class Service:
         try:
             result = self._store.commit(self._group, self._owner, [p[0] for p in pending])
         except StoreUnavailable as exc:
+            self._observer.commit_failed(time.perf_counter() - started)
             delay = self._timer.failed()
             self.log.warning("checkpoint.commit_failed", error=str(exc),
                              retry_in_s=delay, partitions=len(pending))
@@ -375,6 +516,8 @@ class Service:
             self._tracker.committed(track, request.offset)
             track.finished_at_commit = finished_then
             mirrored.append(to_kafka(request.topic_partition, request.offset))
+        self._observer.committed(result.accepted, result.refused,
+                                 time.perf_counter() - started)
         for refusal in result.refused:
             self._on_refused(refusal)
         self.log.debug("checkpoint.committed", partitions=len(accepted),
@@ -453,11 +596,11 @@ class Service:
         to_resume = self._paused - wanted
         if to_pause:
             consumer.pause([to_kafka(tp) for tp in to_pause])
-            self.log.debug("partition.paused", partitions=len(to_pause),
+            self.log.debug("consumer.backpressure", paused=len(to_pause),
                            in_flight=self._tracker.in_flight_events)
         if to_resume:
             consumer.resume([to_kafka(tp) for tp in to_resume if tp in self._partitions])
-            self.log.debug("partition.unpaused", partitions=len(to_resume))
+            self.log.debug("consumer.backpressure", resumed=len(to_resume))
         self._paused = wanted
 
     def _caught_up(self) -> bool:
@@ -493,12 +636,29 @@ class Service:
 
     # -- lifecycle -------------------------------------------------------------
 
+    def _dead_letters(self) -> DeadLetters | None:
+        if not any(h.policy.on_failure == "dead-letter" for h in self._router):
+            return None
+        kafka = self._config.kafka
+        properties = {k: v for k, v in kafka.properties.items()
+                      if not k.startswith(("fetch.", "isolation.", "auto.", "group."))}
+        return DeadLetters(kafka.bootstrap_servers, properties,
+                           delivery_timeout_s=self._config.consumer.dead_letter_timeout_s)
+
     def _setup_handlers(self) -> None:
         for handler in self._router:
-            handler.setup()
+            try:
+                handler.setup()
+            except Exception as exc:  # noqa: BLE001  # any setup error stops the start
+                self.log.error("handler.setup_failed", handler=handler.name,
+                               error=f"{type(exc).__name__}: {exc}")
+                raise ServiceError(
+                    f"handler {handler.name!r} failed in setup: {type(exc).__name__}: {exc}"
+                ) from exc
 
     def _shutdown(self) -> None:
         self.log.info("service.stopping", reason="failure" if self._failure else "stop")
+        self.health.stopping()
         if self._consumer is not None:
             self._apply_pauses()
             self._drain(None)
@@ -517,3 +677,47 @@ class Service:
                 self.log.warning("handler.close_failed", handler=handler.name,
                                  error=repr(exc))
         self.log.info("service.stopped", exit_status=0 if self._failure is None else 1)
+        if self._http is not None:
+            self._http.close()
+
+    # -- observability ---------------------------------------------------------
+
+    @property
+    def http_address(self) -> tuple[str, int] | None:
+        """Where ``/metrics``, ``/healthz`` and ``/readyz`` answer, once bound."""
+        return self._http.address if self._http is not None else None
+
+    def _serve_http(self) -> None:
+        settings = self._config.metrics
+        if not settings.enabled:
+            return
+        host, port = split_address(settings.address)
+        server = HealthServer(host, port, self.metrics, self.health)
+        try:
+            host, port = server.start()
+        except OSError as exc:
+            # The consumer goes on without its endpoint: losing the metrics
+            # is better than stopping consumption; the error says why.
+            self.log.error("metrics.bind_failed", address=settings.address,
+                           error=str(exc))
+            return
+        self._http = server
+        self.log.info("metrics.listening", address=f"{host}:{port}", port=port)
+
+    def _consumer_settings(self) -> dict[str, Any]:
+        settings = consumer_settings(self._config.kafka,
+                                     self._config.consumer.start_policy)
+        if self._config.metrics.enabled:
+            # The statistics report each broker connection's state: the
+            # readiness probe's view of the broker, at no request's cost.
+            settings.setdefault("statistics.interval.ms", STATS_INTERVAL_MS)
+            settings["stats_cb"] = self._observer.kafka_stats
+        return settings
+
+    def _observe(self) -> None:
+        if not self._observer.due():
+            return
+        active = [tp for tp, o in self._partitions.items() if o.status == "active"]
+        self._observer.refresh(self._tracker, active, paused=len(self._paused),
+                               assigned=len(self._partitions),
+                               consumer=self._consumer)

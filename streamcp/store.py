@@ -13,6 +13,9 @@ implementation gives the same guarantees, pinned by one contract test suite:
   what it refused and why, and appends each accepted change to the
   namespace's history.
 * :meth:`CheckpointStore.release` clears ownership, only if still owner.
+* :meth:`CheckpointStore.pause` records that a partition stopped at a failed
+  event (only from its current owner); it stays paused through claims by
+  other consumers until :meth:`CheckpointStore.unpause`.
 * Only :meth:`CheckpointStore.set_offset` (an operator change) moves a
   checkpoint backwards; it bumps the epoch so that the current owner's next
   commit is refused and the owner re-reads the checkpoint.
@@ -33,7 +36,7 @@ from typing import Literal, Protocol, runtime_checkable
 from streamcp.events import TopicPartition
 
 RefusalReason = Literal["stale_epoch", "not_owner", "backwards"]
-HistoryKind = Literal["commit", "claim", "release", "operator"]
+HistoryKind = Literal["commit", "claim", "release", "operator", "pause", "unpause"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -77,6 +80,10 @@ class Checkpoint:
     committed_by_member: str = ""
     events: int = 0
     operator_change: bool = False
+    paused: bool = False
+    paused_offset: int | None = None
+    paused_reason: str = ""
+    paused_at: datetime | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -147,6 +154,18 @@ class CheckpointStore(Protocol):
         self, namespace: str, topic_partition: TopicPartition, offset: int, by: str
     ) -> Checkpoint: ...
 
+    def pause(
+        self,
+        namespace: str,
+        owner: Owner,
+        topic_partition: TopicPartition,
+        epoch: int,
+        offset: int,
+        reason: str,
+    ) -> bool: ...
+
+    def unpause(self, namespace: str, topic_partition: TopicPartition, by: str) -> bool: ...
+
     def history(self, namespace: str, count: int = 100) -> list[HistoryEntry]: ...
 
     def ping(self) -> None: ...
@@ -169,6 +188,10 @@ class _Slot:
     member: str = ""
     events: int = 0
     operator_change: bool = False
+    paused: bool = False
+    paused_offset: int | None = None
+    paused_reason: str = ""
+    paused_at: datetime | None = None
 
 
 @dataclass
@@ -279,6 +302,40 @@ class InMemoryCheckpointStore:
             self._append(space, "operator", topic_partition, offset, previous, slot)
             return _checkpoint(topic_partition, slot)
 
+    def pause(
+        self,
+        namespace: str,
+        owner: Owner,
+        topic_partition: TopicPartition,
+        epoch: int,
+        offset: int,
+        reason: str,
+    ) -> bool:
+        with self._lock:
+            space = self._space(namespace)
+            slot = space.slots.get(topic_partition)
+            if slot is None or slot.epoch != epoch or slot.owner != owner.instance_id:
+                return False
+            slot.paused = True
+            slot.paused_offset = offset
+            slot.paused_reason = reason
+            slot.paused_at = now_utc()
+            self._append(space, "pause", topic_partition, offset, slot.offset, slot)
+            return True
+
+    def unpause(self, namespace: str, topic_partition: TopicPartition, by: str) -> bool:
+        with self._lock:
+            space = self._space(namespace)
+            slot = space.slots.get(topic_partition)
+            if slot is None or not slot.paused:
+                return False
+            slot.paused = False
+            slot.paused_offset = None
+            slot.paused_reason = ""
+            slot.paused_at = None
+            self._append(space, "unpause", topic_partition, slot.offset, slot.offset, slot)
+            return True
+
     def history(self, namespace: str, count: int = 100) -> list[HistoryEntry]:
         with self._lock:
             entries = list(self._space(namespace).history)
@@ -336,4 +393,8 @@ def _checkpoint(tp: TopicPartition, slot: _Slot) -> Checkpoint:
         committed_by_member=slot.member,
         events=slot.events,
         operator_change=slot.operator_change,
+        paused=slot.paused,
+        paused_offset=slot.paused_offset,
+        paused_reason=slot.paused_reason,
+        paused_at=slot.paused_at,
     )

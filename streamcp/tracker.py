@@ -15,7 +15,7 @@ The tracker lives on the loop's thread; workers touch only their units'
 from __future__ import annotations
 
 from collections import deque
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 
 from streamcp.events import Event, TopicPartition
@@ -31,7 +31,9 @@ class Unit:
     """
 
     __slots__ = (
+        "attempts",
         "cancelled",
+        "dead_lettered",
         "done",
         "events",
         "failure",
@@ -39,7 +41,11 @@ class Unit:
         "generation",
         "last_offset",
         "nbytes",
+        "retried",
+        "retry_at",
+        "running",
         "size",
+        "skipped",
         "topic_partition",
     )
 
@@ -60,10 +66,26 @@ class Unit:
         self.done = 0
         self.failure: BaseException | None = None
         self.cancelled = False
+        # Retry state of the event at ``done``; set by the worker.
+        self.attempts = 0
+        self.retry_at: float | None = None
+        self.running = False
+        # Outcome counts, for metrics and the test kit.
+        self.retried = 0
+        self.skipped = 0
+        self.dead_lettered = 0
 
     @property
     def finished(self) -> bool:
         return self.done >= self.size
+
+    @property
+    def settled(self) -> bool:
+        """Nothing runs for this unit now, nor will without a retry timer."""
+        if self.running:
+            return False
+        return (self.finished or self.cancelled or self.failure is not None
+                or self.retry_at is not None)
 
     def next_offset(self) -> int | None:
         """The first unfinished offset, or ``None`` when finished."""
@@ -118,6 +140,9 @@ class OffsetTracker:
         self._generation = 0
         self.in_flight_events = 0
         self.in_flight_bytes = 0
+        # Called with each unit as it leaves the tracker (committed past or
+        # forgotten), on the loop's thread: metrics count outcomes per unit.
+        self.on_release: Callable[[Unit], None] | None = None
 
     def start(self, tp: TopicPartition, committed: int | None) -> PartitionTrack:
         """Begin tracking ``tp`` from its stored checkpoint (or none)."""
@@ -174,6 +199,8 @@ class OffsetTracker:
         track.in_flight_bytes -= unit.nbytes
         self.in_flight_events -= unit.size
         self.in_flight_bytes -= unit.nbytes
+        if self.on_release is not None:
+            self.on_release(unit)
         # The events are no longer needed once the unit leaves the tracker.
         unit.events = ()
 
@@ -187,14 +214,14 @@ class OffsetTracker:
         ]
 
     def all_finished(self, partitions: Sequence[TopicPartition] | None = None) -> bool:
-        """True when no unit of ``partitions`` (default all) is unfinished."""
+        """True when no unit of ``partitions`` (default all) runs or waits to run.
+
+        A unit waiting for a retry timer counts as settled: shutdown and
+        revocation do not wait out backoffs; the event comes back later.
+        """
         tracks = (
             self._tracks.values()
             if partitions is None
             else [t for tp in partitions if (t := self._tracks.get(tp))]
         )
-        return all(
-            unit.finished or unit.failure is not None
-            for track in tracks
-            for unit in track.units
-        )
+        return all(unit.settled for track in tracks for unit in track.units)

@@ -205,7 +205,7 @@ def redis_factory(tmp_path: Path) -> Iterator[Callable[..., RedisService]]:
             )
         except ServiceUnavailableError as exc:
             _cannot_provide("a private local Redis", REDIS_ENV, exc)
-            made.append(service)
+        made.append(service)
         return service
 
     yield make
@@ -226,7 +226,7 @@ def kafka_factory(tmp_path: Path) -> Iterator[Callable[[], KafkaService]]:
             service = provide_local_kafka(tmp_path / f"kafka-{len(made)}")
         except ServiceUnavailableError as exc:
             _cannot_provide("a private local broker", KAFKA_ENV, exc)
-            made.append(service)
+        made.append(service)
         return service
 
     yield make

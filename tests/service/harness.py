@@ -15,7 +15,7 @@ from typing import Any
 
 from streamcp.config import Config, build_config
 from streamcp.events import TopicPartition
-from streamcp.handlers import build
+from streamcp.handlers import build, failure_policy
 from streamcp.redis_store import RedisCheckpointStore
 from streamcp.router import HandlerRouter
 from streamcp.service import Service
@@ -65,10 +65,13 @@ class ServiceThread:
     """A :class:`Service` running in a thread of the test process."""
 
     def __init__(self, config: Config, handler: Any, *,
-                 stop_when_caught_up: bool = False) -> None:
+                 stop_when_caught_up: bool = False,
+                 policy: Mapping[str, Any] | None = None) -> None:
         self.store = RedisCheckpointStore.from_url(
             config.redis.url, key_prefix=config.redis.key_prefix)
-        router = HandlerRouter(build(handler, {}, name="test-handler"))
+        built = build(handler, {}, name="test-handler")
+        built.policy = failure_policy(handler, policy or {})
+        router = HandlerRouter(built)
         self.service = Service(config, store=self.store, router=router,
                                stop_when_caught_up=stop_when_caught_up)
         self.status: int | None = None

@@ -87,11 +87,13 @@ def test_kill_9_then_restart_redelivers_exactly_from_the_checkpoint(
 def test_handler_failure_keeps_checkpoint_at_failed_event_and_commits_others(
     setup: dict[str, Any],
 ) -> None:
-    """A failure at partition 1 offset 4 stops the real service with exit 1 and
+    """With on_failure = "stop", a failure at partition 1 offset 4 stops the real
+    service with exit 1 and
     a clear error; partition 1 stays at 4 on shutdown, the others reach 10."""
     produce(setup["kafka"].bootstrap_servers, setup["topic"], 3, 10)
     record = setup["tmp"] / "handled.txt"
-    raw = _raw(setup, handler={"options": {"path": str(record), "fail_at": ["1:4"]}},
+    raw = _raw(setup, handler={"options": {"path": str(record), "fail_at": ["1:4"]},
+                               "on_failure": "stop", "retry_attempts": 1},
                consumer={"ordering": "key", "concurrency": 2})
     proc = ServiceProcess(write_config(setup["tmp"] / "c.toml", raw), setup["tmp"] / "log")
     try:
@@ -120,7 +122,8 @@ def test_handler_failure_checkpoint_stays_on_restart(setup: dict[str, Any]) -> N
             raise ValueError("bad event")
 
     for _ in range(2):
-        with ServiceThread(config_from(_raw(setup)), fail_at_2_3) as service:
+        with ServiceThread(config_from(_raw(setup)), fail_at_2_3,
+                           policy={"on_failure": "stop", "retry_backoff_s": 0.01}) as service:
             assert service.join(60) == 1
             failure = service.service.failure
             assert failure is not None and "offset 3" in str(failure)
