@@ -82,6 +82,9 @@ def main() -> None:
 @click.option("--stop-when-caught-up", is_flag=True,
               help="Stop gracefully once every assigned partition is committed "
                    "up to its high watermark.")
+@click.option("--retry-paused", is_flag=True,
+              help="Lift the pause of partitions that stopped at a failed event "
+                   "when they are assigned, and retry that event.")
 @click.option("--log-level", type=click.Choice(["debug", "info", "warning", "error"]))
 def run(
     config_path: Path | None,
@@ -93,6 +96,7 @@ def run(
     topics: tuple[str, ...],
     handler_name: str | None,
     stop_when_caught_up: bool,
+    retry_paused: bool,
     log_level: str | None,
 ) -> None:
     """Run the consumer service until SIGTERM or SIGINT.
@@ -103,6 +107,7 @@ def run(
     handler failure (what succeeded is committed first), 2 for bad
     configuration.
     """
+    from streamcp.admin import credentials_refused
     from streamcp.redis_store import RedisCheckpointStore
     from streamcp.router import HandlerRouter
     from streamcp.service import Service
@@ -127,8 +132,15 @@ def run(
         socket_timeout_s=config.redis.socket_timeout_s,
         history_max_entries=config.redis.history_max_entries,
     )
+    refused = credentials_refused(store)
+    if refused is not None:
+        store.close()
+        click.echo(f"streamcp: redis at {redact_url(config.redis.url)} {refused}",
+                   err=True)
+        sys.exit(EXIT_FAILURE)
     service = Service(config, store=store, router=router,
-                      stop_when_caught_up=stop_when_caught_up)
+                      stop_when_caught_up=stop_when_caught_up,
+                      retry_paused=retry_paused)
     for signum in (signal.SIGTERM, signal.SIGINT):
         signal.signal(signum, lambda *_: service.request_stop())
     status = service.run()
@@ -182,7 +194,65 @@ def checkpoints_show(
         return
     click.echo(f"group {config.kafka.group_id}: {len(rows)} partition(s)")
     click.echo(format_table(rows, ["topic", "partition", "checkpoint", "epoch",
-                                   "owner", "committed_at", "committed_by", "events"]))
+                                   "owner", "committed_at", "committed_by", "events",
+                                   "paused"]))
+    for row in rows:
+        if row["paused"]:
+            click.echo(f"paused: {row['topic']}[{row['partition']}] at offset "
+                       f"{row['paused_offset']}: {row['paused_reason']}")
+
+
+@checkpoints.command("resume")
+@_config_options
+@click.option("--topic", required=True, help="Topic of the paused partition.")
+@click.option("--partition", "partitions", type=int, multiple=True, required=True,
+              help="Partition to resume (repeatable).")
+def checkpoints_resume(
+    config_path: Path | None,
+    bootstrap_servers: str | None,
+    group: str | None,
+    redis_url: str | None,
+    key_prefix: str | None,
+    settings: tuple[str, ...],
+    topic: str,
+    partitions: tuple[int, ...],
+) -> None:
+    """Lift the pause of partitions stopped at a failed event.
+
+    The partition's current owner notices within a few seconds and retries
+    the failed event from the checkpoint; with no owner, the next one does.
+    """
+    import getpass
+    import socket
+
+    from streamcp.redis_store import RedisCheckpointStore
+
+    try:
+        config = _load_for_store(config_path, bootstrap_servers, group, redis_url,
+                                 key_prefix, settings)
+    except ConfigError as exc:
+        _config_error(exc)
+        return
+    store = RedisCheckpointStore.from_url(config.redis.url,
+                                          key_prefix=config.redis.key_prefix,
+                                          socket_timeout_s=config.redis.socket_timeout_s)
+    by = f"{getpass.getuser()}@{socket.gethostname()}"
+    status = 0
+    try:
+        for partition in partitions:
+            tp = TopicPartition(topic, partition)
+            if store.unpause(config.kafka.group_id, tp, by=by):
+                click.echo(f"resumed {tp}")
+            else:
+                click.echo(f"{tp} is not paused", err=True)
+                status = EXIT_FAILURE
+    except StoreUnavailable as exc:
+        click.echo(f"streamcp: redis at {redact_url(config.redis.url)} did not "
+                   f"answer: {exc}", err=True)
+        status = EXIT_FAILURE
+    finally:
+        store.close()
+    sys.exit(status)
 
 
 def _load_for_store(*args: Any) -> Config:
@@ -206,6 +276,9 @@ def checkpoint_row(cp: Checkpoint) -> dict[str, Any]:
                          f"{cp.committed_by_member}" if cp.committed_by_host else ""),
         "events": cp.events,
         "operator_change": cp.operator_change,
+        "paused": cp.paused,
+        "paused_offset": cp.paused_offset,
+        "paused_reason": cp.paused_reason or None,
     }
 
 
@@ -257,10 +330,30 @@ def demo(bootstrap_servers: str | None, redis_url: str | None, workdir: Path) ->
     sys.exit(status)
 
 
+# The operator commands live in their own module; they take the groups and
+# the shared configuration options from here.
+from streamcp.admin_cli import add_commands  # noqa: E402  # needs the groups above
+
+add_commands(main, checkpoints, _config_options, _load_for_store)
+
+
 def topic_partition_arg(text: str) -> TopicPartition:
     topic, _, partition = text.rpartition(":")
     return TopicPartition(topic, int(partition))
 
 
+def _add_replay_commands() -> None:
+    # They live in their own module, which builds on this one's helpers.
+    from streamcp.cli_replay import replay, runs
+
+    main.add_command(replay)
+    main.add_command(runs)
+
+
 if __name__ == "__main__":
-    main()
+    # Run the package's own copy of this module, which has every command.
+    from streamcp.cli import main as _main
+
+    _main()
+else:
+    _add_replay_commands()
