@@ -258,7 +258,7 @@ def checkpoints_resume(
 def _load_for_store(*args: Any) -> Config:
     # Inspection needs only the group and Redis; a handler is not required.
     config_path, bootstrap, group, redis_url, prefix, settings = args
-    extra = {"handler.name": "-"}
+    extra: dict[str, Any] = {"handler.name": "-"}
     if config_path is None:
         extra["kafka.topics"] = ["-"]
     return _load(config_path, bootstrap, group, redis_url, prefix, settings, extra)

@@ -43,7 +43,7 @@ log = structlog.get_logger("streamcp.deadletter")
 
 def dead_letter_headers(
     event: Event, error: BaseException, attempts: int, handler: str
-) -> list[tuple[str, bytes]]:
+) -> list[tuple[str, str | bytes | None]]:
     """The event's own headers followed by streamcp's."""
     failed_at = datetime.now(UTC).isoformat(timespec="milliseconds")
     ours = {
@@ -57,7 +57,9 @@ def dead_letter_headers(
         "handler": handler,
         "failed_at": failed_at,
     }
-    headers = [(name, value if value is not None else b"") for name, value in event.headers]
+    headers: list[tuple[str, str | bytes | None]] = [
+        (name, value if value is not None else b"") for name, value in event.headers
+    ]
     headers += [(HEADER_PREFIX + name, value.encode()) for name, value in ours.items()]
     return headers
 

@@ -89,6 +89,9 @@ class Dispatcher:
         self._closing = False
         self.finished_counts = [0] * concurrency
         self.failed: deque[Unit] = deque()
+        # Told how long each run of a unit took (on the worker's thread):
+        # the handler-duration metric, per unit rather than per event.
+        self.on_unit_ran: Callable[[Unit, float], None] | None = None
         self._threads = [
             threading.Thread(
                 target=self._work, args=(index,), name=f"streamcp-worker-{index}",
@@ -212,10 +215,13 @@ class Dispatcher:
                 unit.running = True
                 unit.retry_at = None
             before = unit.done
+            started = time.perf_counter()
             try:
                 outcome = run_unit(handler, unit, self._dead_letters, executor, self._clock)
             finally:
                 unit.running = False
+            if self.on_unit_ran is not None:
+                self.on_unit_ran(unit, time.perf_counter() - started)
             self.finished_counts[index] += unit.done - before
             if outcome is Outcome.RETRY:
                 with self._cond:
@@ -390,14 +396,16 @@ def _after_failure(
     if action == "skip":
         log.warning("event.skipped", **context)
         unit.skipped += 1
-        return _passed(unit)
+        _passed(unit)
+        return None
     if action == "dead-letter":
         topic = policy.dead_letter_topic_for(event.topic)
         if dead_letters is not None and dead_letters.send(
             topic, event, error, unit.attempts, handler.name
         ):
             unit.dead_lettered += 1
-            return _passed(unit)
+            _passed(unit)
+            return None
         error = DeadLetterFailed(event.topic, event.partition, event.offset,
                                  f"dead-letter topic {topic!r} did not take the event "
                                  f"after {type(error).__name__}: {error}")
@@ -409,7 +417,6 @@ def _after_failure(
 def _passed(unit: Unit) -> None:
     unit.done += 1
     unit.attempts = 0
-    return None
 
 
 def _index_of(events: Sequence[Event], offset: int) -> int:

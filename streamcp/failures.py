@@ -76,7 +76,7 @@ class FailurePolicy:
         so that many partitions retrying at once do not call in step.
         """
         ceiling = min(self.max_backoff_s, self.backoff_s * 2 ** (attempt - 1))
-        return ceiling * rand()
+        return float(ceiling * rand())
 
     def dead_letter_topic_for(self, topic: str) -> str:
         return self.dead_letter_topic or f"{topic}.dlq"

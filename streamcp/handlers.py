@@ -299,7 +299,7 @@ def _type_name(hint: Any) -> str:
 def _run(result: Any) -> Any:
     """Await ``result`` on this thread's event loop when it is a coroutine."""
     if inspect.isawaitable(result):
-        return _event_loop().run_until_complete(result)  # type: ignore[arg-type]
+        return _event_loop().run_until_complete(result)
     return result
 
 

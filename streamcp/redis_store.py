@@ -243,10 +243,11 @@ class RedisCheckpointStore:
     def history(self, namespace: str, count: int = 100) -> list[HistoryEntry]:
         keys = self.keys(namespace)
         try:
+            raw: list[Any]
             if count:
-                raw = list(reversed(self._client.xrevrange(keys.history, count=count)))
+                raw = list(reversed(self._client.xrevrange(keys.history, count=count) or []))
             else:
-                raw = self._client.xrange(keys.history)
+                raw = list(self._client.xrange(keys.history) or [])
         except _UNAVAILABLE as exc:
             raise StoreUnavailable(f"redis did not answer: {exc}") from exc
         return [_history_entry(entry_id, fields) for entry_id, fields in raw]
