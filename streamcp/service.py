@@ -145,6 +145,7 @@ class Service:
             dead_letters=self._dead_letters(),
             clock=self._clock,
         )
+        self._dispatcher.on_unit_ran = self._observer.unit_ran
         try:
             self._setup_handlers()
         except ServiceError as exc:

@@ -45,6 +45,8 @@ def raw_config(bootstrap: str, redis_url: str, key_prefix: str, topic: str,
         "consumer": {"poll_timeout_s": 0.05, "drain_timeout_s": 5.0},
         "handler": {"name": "tests.recorder:Recorder"},
         "log": {"level": "debug"},
+        # A free port each: tests run several services at once.
+        "metrics": {"address": "127.0.0.1:0"},
     }
     for name, values in sections.items():
         raw.setdefault(name, {}).update(values)
