@@ -56,8 +56,10 @@ def _refuse(exc: ConfigError) -> NoReturn:
 
 
 def _unavailable(config: Config, exc: Exception) -> NoReturn:
-    click.echo(f"streamcp: redis at {redact_url(config.redis.url)} did not answer: "
-               f"{exc}", err=True)
+    click.echo(
+        f"streamcp: redis at {redact_url(config.redis.url)} did not answer: {exc}",
+        err=True,
+    )
     sys.exit(EXIT_FAILURE)
 
 
@@ -82,8 +84,15 @@ def _load_config(args: _ConfigArgs, extra: dict[str, Any], topic: str) -> Config
     wanted = dict(extra)
     while True:
         try:
-            return _load(args.path, args.bootstrap_servers, args.group,
-                         args.redis_url, args.key_prefix, args.settings, wanted)
+            return _load(
+                args.path,
+                args.bootstrap_servers,
+                args.group,
+                args.redis_url,
+                args.key_prefix,
+                args.settings,
+                wanted,
+            )
         except ConfigError as exc:
             if exc.field not in fills or exc.field in wanted:
                 raise
@@ -91,8 +100,11 @@ def _load_config(args: _ConfigArgs, extra: dict[str, Any], topic: str) -> Config
 
 
 def _run_store(config: Config) -> RunStore:
-    return RunStore.from_url(config.redis.url, key_prefix=config.redis.key_prefix,
-                             socket_timeout_s=config.redis.socket_timeout_s)
+    return RunStore.from_url(
+        config.redis.url,
+        key_prefix=config.redis.key_prefix,
+        socket_timeout_s=config.redis.socket_timeout_s,
+    )
 
 
 def handler_for(config: Config, topic: str, name: str | None) -> tuple[Handler, str]:
@@ -103,59 +115,112 @@ def handler_for(config: Config, topic: str, name: str | None) -> tuple[Handler, 
     handler, with the options of the configured table of the same name, or
     none. Raises :class:`ConfigError` naming the field.
     """
-    tables = [(f"handlers.{topic}", config.handlers.get(topic)),
-              ("handler", config.handler)]
+    tables = [
+        (f"handlers.{topic}", config.handlers.get(topic)),
+        ("handler", config.handler),
+    ]
     for field_name, table in tables:
         if table is None or table.name == "-":
             continue
         if name is None or table.name == name:
             return load(table.name, table.options, field_name=field_name), table.name
     if name is None:
-        raise ConfigError("handler.name",
-                          f"no handler for topic {topic!r}: configure one or give "
-                          f"--handler")
+        raise ConfigError(
+            "handler.name",
+            f"no handler for topic {topic!r}: configure one or give --handler",
+        )
     return load(name, {}, field_name="--handler"), name
 
 
 @click.command()
 @_config_options
 @click.option("--topic", help="Topic to replay.")
-@click.option("--partition", "partitions", multiple=True, type=int, metavar="N",
-              help="Partition to replay (repeatable); default: all.")
-@click.option("--from", "from_offset", type=int, metavar="OFFSET",
-              help="First offset to replay (inclusive); default: the log start.")
-@click.option("--to", "to_offset", type=int, metavar="OFFSET",
-              help="Offset to stop at (exclusive unless --end-inclusive); "
-                   "default: the high watermark.")
-@click.option("--from-time", metavar="TIME",
-              help="Start at the first event at or after this ISO 8601 time "
-                   "(UTC unless it has an offset), per partition.")
-@click.option("--to-time", metavar="TIME",
-              help="Stop before the first event at or after this ISO 8601 time "
-                   "(after it, with --end-inclusive), per partition.")
-@click.option("--end-inclusive", is_flag=True,
-              help="Make the end inclusive: --to N replays offset N too.")
-@click.option("--strict-end", is_flag=True,
-              help="Refuse an end beyond the high watermark instead of "
-                   "stopping at the high watermark.")
-@click.option("--handler", "handler_name",
-              help="Handler to run: entry point or module:attr; default: the "
-                   "configured one.")
-@click.option("--dry-run", is_flag=True,
-              help="Resolve and print the offsets and event counts; handle "
-                   "nothing and record no run.")
-@click.option("--resume", "resume_id", metavar="RUN_ID",
-              help="Continue a run that stopped (crash, failure, cancel) from "
-                   "its checkpoints to its recorded end offsets.")
-@click.option("--rerun", "rerun_id", metavar="RUN_ID",
-              help="Start a new run over the offsets another run recorded.")
-@click.option("--idle-timeout", "idle_timeout_s", type=click.FloatRange(min=0.1),
-              default=30.0, show_default=True, metavar="SECONDS",
-              help="Stop waiting for a partition whose position stands still "
-                   "below its end this long.")
-@click.option("--progress/--no-progress", default=None,
-              help="Show progress on stderr (default: a bar on a terminal, "
-                   "plain lines otherwise).")
+@click.option(
+    "--partition",
+    "partitions",
+    multiple=True,
+    type=int,
+    metavar="N",
+    help="Partition to replay (repeatable); default: all.",
+)
+@click.option(
+    "--from",
+    "from_offset",
+    type=int,
+    metavar="OFFSET",
+    help="First offset to replay (inclusive); default: the log start.",
+)
+@click.option(
+    "--to",
+    "to_offset",
+    type=int,
+    metavar="OFFSET",
+    help="Offset to stop at (exclusive unless --end-inclusive); "
+    "default: the high watermark.",
+)
+@click.option(
+    "--from-time",
+    metavar="TIME",
+    help="Start at the first event at or after this ISO 8601 time "
+    "(UTC unless it has an offset), per partition.",
+)
+@click.option(
+    "--to-time",
+    metavar="TIME",
+    help="Stop before the first event at or after this ISO 8601 time "
+    "(after it, with --end-inclusive), per partition.",
+)
+@click.option(
+    "--end-inclusive",
+    is_flag=True,
+    help="Make the end inclusive: --to N replays offset N too.",
+)
+@click.option(
+    "--strict-end",
+    is_flag=True,
+    help="Refuse an end beyond the high watermark instead of "
+    "stopping at the high watermark.",
+)
+@click.option(
+    "--handler",
+    "handler_name",
+    help="Handler to run: entry point or module:attr; default: the configured one.",
+)
+@click.option(
+    "--dry-run",
+    is_flag=True,
+    help="Resolve and print the offsets and event counts; handle "
+    "nothing and record no run.",
+)
+@click.option(
+    "--resume",
+    "resume_id",
+    metavar="RUN_ID",
+    help="Continue a run that stopped (crash, failure, cancel) from "
+    "its checkpoints to its recorded end offsets.",
+)
+@click.option(
+    "--rerun",
+    "rerun_id",
+    metavar="RUN_ID",
+    help="Start a new run over the offsets another run recorded.",
+)
+@click.option(
+    "--idle-timeout",
+    "idle_timeout_s",
+    type=click.FloatRange(min=0.1),
+    default=30.0,
+    show_default=True,
+    metavar="SECONDS",
+    help="Stop waiting for a partition whose position stands still "
+    "below its end this long.",
+)
+@click.option(
+    "--progress/--no-progress",
+    default=None,
+    help="Show progress on stderr (default: a bar on a terminal, "
+    "plain lines otherwise).",
+)
 @click.option("--log-level", type=click.Choice(["debug", "info", "warning", "error"]))
 def replay(
     *,
@@ -197,14 +262,22 @@ def replay(
     Exit status: 0 completed (or --dry-run), 1 failed, 2 refused before
     anything ran, 3 cancelled.
     """
-    config_args = _ConfigArgs(config_path, bootstrap_servers, group, redis_url,
-                              key_prefix, settings)
+    config_args = _ConfigArgs(
+        config_path, bootstrap_servers, group, redis_url, key_prefix, settings
+    )
     try:
         _check_combination(
-            topic=topic, partitions=partitions, from_offset=from_offset,
-            to_offset=to_offset, from_time=from_time, to_time=to_time,
-            end_inclusive=end_inclusive, strict_end=strict_end,
-            resume_id=resume_id, rerun_id=rerun_id)
+            topic=topic,
+            partitions=partitions,
+            from_offset=from_offset,
+            to_offset=to_offset,
+            from_time=from_time,
+            to_time=to_time,
+            end_inclusive=end_inclusive,
+            strict_end=strict_end,
+            resume_id=resume_id,
+            rerun_id=rerun_id,
+        )
         extra = {"log.level": log_level} if log_level else {}
         config = _load_config(config_args, extra, topic or "")
     except ConfigError as exc:
@@ -214,8 +287,14 @@ def replay(
         _resume(config, resume_id, idle_timeout_s, progress)
         return
     if rerun_id is not None:
-        _rerun(config=config, run_id=rerun_id, handler_name=handler_name,
-               dry_run=dry_run, idle_timeout_s=idle_timeout_s, progress=progress)
+        _rerun(
+            config=config,
+            run_id=rerun_id,
+            handler_name=handler_name,
+            dry_run=dry_run,
+            idle_timeout_s=idle_timeout_s,
+            progress=progress,
+        )
         return
     try:
         request = RangeRequest(
@@ -232,8 +311,13 @@ def replay(
     except ConfigError as exc:
         _refuse(exc)
     ranges = _resolve(config, request)
-    _start(config, _Plan(request.topic, name, handler, ranges, request.describe()),
-           dry_run, idle_timeout_s, progress)
+    _start(
+        config,
+        _Plan(request.topic, name, handler, ranges, request.describe()),
+        dry_run,
+        idle_timeout_s,
+        progress,
+    )
 
 
 def _check_combination(
@@ -256,9 +340,11 @@ def _check_combination(
     flags = [bool(partitions), end_inclusive, strict_end]
     if (resume_id or rerun_id) and (any(v is not None for v in ranged) or any(flags)):
         raise RequestRefused(
-            reuse, "replays the recorded topic, partitions and offsets: give no "
-                   "--topic, --partition, --from, --to, --from-time, --to-time, "
-                   "--end-inclusive or --strict-end with it")
+            reuse,
+            "replays the recorded topic, partitions and offsets: give no "
+            "--topic, --partition, --from, --to, --from-time, --to-time, "
+            "--end-inclusive or --strict-end with it",
+        )
     if not (resume_id or rerun_id) and not topic:
         raise RequestRefused("--topic", "is missing: name the topic to replay")
 
@@ -298,13 +384,26 @@ def _start(
     runs = _run_store(config)
     owner = Owner.for_this_process()
     try:
-        record = runs.create(run_id, topic=plan.topic, handler=plan.handler_name,
-                             ranges=plan.ranges, requested=plan.requested,
-                             owner=owner, rerun_of=plan.rerun_of)
+        record = runs.create(
+            run_id,
+            topic=plan.topic,
+            handler=plan.handler_name,
+            ranges=plan.ranges,
+            requested=plan.requested,
+            owner=owner,
+            rerun_of=plan.rerun_of,
+        )
     except StoreUnavailable as exc:
         _unavailable(config, exc)
-    _execute(config=config, record=record, runs=runs, handler=plan.handler,
-             owner=owner, idle_timeout_s=idle_timeout_s, progress=progress)
+    _execute(
+        config=config,
+        record=record,
+        runs=runs,
+        handler=plan.handler,
+        owner=owner,
+        idle_timeout_s=idle_timeout_s,
+        progress=progress,
+    )
 
 
 def _rerun(
@@ -336,29 +435,43 @@ def _resume(
         handler, _ = handler_for(config, record.topic, record.handler)
     except ConfigError as exc:
         _refuse(exc)
-    click.echo(f"resuming run {record.id} ({record.status}, "
-               f"{record.events_handled} events handled so far)")
-    _print_plan(record.id, record.topic, record.handler, list(record.ranges),
-                record.progress)
+    click.echo(
+        f"resuming run {record.id} ({record.status}, "
+        f"{record.events_handled} events handled so far)"
+    )
+    _print_plan(
+        record.id, record.topic, record.handler, list(record.ranges), record.progress
+    )
     runs = _run_store(config)
     owner = Owner.for_this_process()
     try:
         record = runs.resume(record.id, owner)
     except StoreUnavailable as exc:
         _unavailable(config, exc)
-    _execute(config=config, record=record, runs=runs, handler=handler,
-             owner=owner, idle_timeout_s=idle_timeout_s, progress=progress)
+    _execute(
+        config=config,
+        record=record,
+        runs=runs,
+        handler=handler,
+        owner=owner,
+        idle_timeout_s=idle_timeout_s,
+        progress=progress,
+    )
 
 
 def _check_resumable(record: RunRecord) -> None:
     if record.status == "completed":
         raise RequestRefused(
-            "--resume", f"run {record.id!r} is completed; use --rerun {record.id} "
-                        f"to replay its offsets again")
+            "--resume",
+            f"run {record.id!r} is completed; use --rerun {record.id} "
+            f"to replay its offsets again",
+        )
     if record.status == "running" and not record.stale():
         raise RequestRefused(
-            "--resume", f"run {record.id!r} is running in {record.started_by_host} "
-                        f"(heartbeat at {record.heartbeat_at}); cancel it first")
+            "--resume",
+            f"run {record.id!r} is running in {record.started_by_host} "
+            f"(heartbeat at {record.heartbeat_at}); cancel it first",
+        )
 
 
 def _existing(config: Config, run_id: str, option: str) -> RunRecord:
@@ -385,7 +498,8 @@ def _execute(
     progress: bool | None,
 ) -> NoReturn:
     store = RedisCheckpointStore.from_url(
-        config.redis.url, key_prefix=config.redis.key_prefix,
+        config.redis.url,
+        key_prefix=config.redis.key_prefix,
         socket_timeout_s=config.redis.socket_timeout_s,
         history_max_entries=config.redis.history_max_entries,
     )
@@ -393,8 +507,16 @@ def _execute(
     if progress is not False:
         total = sum(r.offsets for r in record.ranges)
         shown = Progress(record.id, total, sys.stderr, done=record.events_handled)
-    job = Replay(record, config, store=store, runs=runs, handler=handler,
-                 owner=owner, progress=shown, idle_timeout_s=idle_timeout_s)
+    job = Replay(
+        record,
+        config,
+        store=store,
+        runs=runs,
+        handler=handler,
+        owner=owner,
+        progress=shown,
+        idle_timeout_s=idle_timeout_s,
+    )
     for signum in (signal.SIGTERM, signal.SIGINT):
         signal.signal(signum, lambda *_: job.request_stop())
     outcome = job.run()
@@ -402,8 +524,10 @@ def _execute(
     runs.close()
     for partition, note in sorted(outcome.notes.items()):
         click.echo(f"partition {partition}: {note}")
-    click.echo(f"run {record.id} {outcome.status}: {outcome.handled} events "
-               f"handled by this process")
+    click.echo(
+        f"run {record.id} {outcome.status}: {outcome.handled} events "
+        f"handled by this process"
+    )
     if outcome.error:
         click.echo(f"streamcp: run {record.id}: {outcome.error}", err=True)
     sys.exit(_EXIT_OF.get(outcome.status, EXIT_FAILURE))
@@ -417,20 +541,29 @@ def _print_plan(
     progress: dict[int, int] | Any,
 ) -> None:
     total = sum(r.offsets for r in ranges)
-    click.echo(f"run {run_id}: topic {topic}, {len(ranges)} partition(s), "
-               f"handler {handler_name}")
+    click.echo(
+        f"run {run_id}: topic {topic}, {len(ranges)} partition(s), "
+        f"handler {handler_name}"
+    )
     rows = []
     for r in ranges:
-        row: dict[str, Any] = {"partition": r.partition, "start": r.start,
-                               "end": r.end, "offsets": r.offsets, "note": r.note}
+        row: dict[str, Any] = {
+            "partition": r.partition,
+            "start": r.start,
+            "end": r.end,
+            "offsets": r.offsets,
+            "note": r.note,
+        }
         if progress:
             row["checkpoint"] = progress.get(r.partition)
         rows.append(row)
     columns = ["partition", "start", "end", "offsets"]
     columns += ["checkpoint"] if progress else []
     click.echo(format_table(rows, [*columns, "note"]))
-    click.echo(f"total: {total} events at most (offsets in range; gaps such as "
-               f"transaction markers hold none); end offsets are exclusive")
+    click.echo(
+        f"total: {total} events at most (offsets in range; gaps such as "
+        f"transaction markers hold none); end offsets are exclusive"
+    )
 
 
 # -- streamcp runs -------------------------------------------------------------
@@ -443,8 +576,14 @@ def runs() -> None:
 
 def _runs_config(args: _ConfigArgs) -> Config:
     try:
-        return _load_for_store(args.path, args.bootstrap_servers, args.group,
-                               args.redis_url, args.key_prefix, args.settings)
+        return _load_for_store(
+            args.path,
+            args.bootstrap_servers,
+            args.group,
+            args.redis_url,
+            args.key_prefix,
+            args.settings,
+        )
     except ConfigError as exc:
         _refuse(exc)
 
@@ -460,19 +599,26 @@ def _list_row(record: RunRecord) -> dict[str, Any]:
         "handled": record.events_handled,
         "failed": record.events_failed,
         "started_at": record.started_at.isoformat(timespec="seconds")
-        if record.started_at else None,
+        if record.started_at
+        else None,
         "started_by": f"{record.started_by_user}@{record.started_by_host}/"
-                      f"{record.started_by_pid}",
+        f"{record.started_by_pid}",
         "finished_at": record.finished_at.isoformat(timespec="seconds")
-        if record.finished_at else None,
+        if record.finished_at
+        else None,
     }
 
 
 @runs.command("list")
 @_config_options
 @click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
-@click.option("--limit", type=click.IntRange(min=1), default=50, show_default=True,
-              help="Show at most this many runs, newest first.")
+@click.option(
+    "--limit",
+    type=click.IntRange(min=1),
+    default=50,
+    show_default=True,
+    help="Show at most this many runs, newest first.",
+)
 def runs_list(
     *,
     config_path: Path | None,
@@ -485,8 +631,11 @@ def runs_list(
     limit: int,
 ) -> None:
     """List replay runs, newest first."""
-    config = _runs_config(_ConfigArgs(config_path, bootstrap_servers, group,
-                                      redis_url, key_prefix, settings))
+    config = _runs_config(
+        _ConfigArgs(
+            config_path, bootstrap_servers, group, redis_url, key_prefix, settings
+        )
+    )
     store = _run_store(config)
     try:
         found = store.list(limit)
@@ -499,10 +648,23 @@ def runs_list(
         return
     click.echo(f"{len(found)} run(s)")
     if found:
-        click.echo(format_table([_list_row(r) for r in found],
-                                ["run", "status", "topic", "partitions", "handler",
-                                 "handled", "failed", "started_at", "started_by",
-                                 "finished_at"]))
+        click.echo(
+            format_table(
+                [_list_row(r) for r in found],
+                [
+                    "run",
+                    "status",
+                    "topic",
+                    "partitions",
+                    "handler",
+                    "handled",
+                    "failed",
+                    "started_at",
+                    "started_by",
+                    "finished_at",
+                ],
+            )
+        )
 
 
 @runs.command("show")
@@ -521,30 +683,53 @@ def runs_show(
     as_json: bool,
 ) -> None:
     """Show one run: its range, resolved offsets, progress and outcome."""
-    config = _runs_config(_ConfigArgs(config_path, bootstrap_servers, group,
-                                      redis_url, key_prefix, settings))
+    config = _runs_config(
+        _ConfigArgs(
+            config_path, bootstrap_servers, group, redis_url, key_prefix, settings
+        )
+    )
     record = _existing(config, run_id, "RUN_ID")
     if as_json:
         click.echo(json.dumps(record.to_json(), indent=2))
         return
     data = record.to_json()
-    for name in ("id", "status", "topic", "handler", "events_handled",
-                 "events_failed", "started_at", "finished_at", "heartbeat_at",
-                 "error", "rerun_of", "resumes"):
+    for name in (
+        "id",
+        "status",
+        "topic",
+        "handler",
+        "events_handled",
+        "events_failed",
+        "started_at",
+        "finished_at",
+        "heartbeat_at",
+        "error",
+        "rerun_of",
+        "resumes",
+    ):
         click.echo(f"{name}: {'-' if data[name] in (None, '') else data[name]}")
     who = data["started_by"]
     click.echo(f"started_by: {who['user']}@{who['host']} pid {who['pid']}")
     click.echo(f"requested: {json.dumps(data['requested'])}")
-    click.echo(format_table(data["partitions"],
-                            ["partition", "start", "end", "checkpoint", "note"]))
+    click.echo(
+        format_table(
+            data["partitions"], ["partition", "start", "end", "checkpoint", "note"]
+        )
+    )
 
 
 @runs.command("cancel")
 @_config_options
 @click.argument("run_id")
-@click.option("--wait", "wait_s", type=click.FloatRange(min=0), default=CANCEL_WAIT_S,
-              show_default=True, metavar="SECONDS",
-              help="How long to wait for the run to stop.")
+@click.option(
+    "--wait",
+    "wait_s",
+    type=click.FloatRange(min=0),
+    default=CANCEL_WAIT_S,
+    show_default=True,
+    metavar="SECONDS",
+    help="How long to wait for the run to stop.",
+)
 def runs_cancel(
     *,
     config_path: Path | None,
@@ -562,12 +747,20 @@ def runs_cancel(
     Exit status 0 once cancelled, 1 when it did not stop within --wait, 2
     for an unknown run or one that is not running.
     """
-    config = _runs_config(_ConfigArgs(config_path, bootstrap_servers, group,
-                                      redis_url, key_prefix, settings))
+    config = _runs_config(
+        _ConfigArgs(
+            config_path, bootstrap_servers, group, redis_url, key_prefix, settings
+        )
+    )
     record = _existing(config, run_id, "RUN_ID")
     if record.status != "running":
-        _refuse(RequestRefused("RUN_ID", f"run {run_id!r} is {record.status}: only "
-                                         f"a running run can be cancelled"))
+        _refuse(
+            RequestRefused(
+                "RUN_ID",
+                f"run {run_id!r} is {record.status}: only "
+                f"a running run can be cancelled",
+            )
+        )
     store = _run_store(config)
     try:
         _cancel(store, record, wait_s)
@@ -580,18 +773,23 @@ def runs_cancel(
 def _cancel(store: RunStore, record: RunRecord, wait_s: float) -> None:
     if record.stale():
         store.mark_cancelled(record.id, record.owner)
-        click.echo(f"run {record.id} had no heartbeat since {record.heartbeat_at}: "
-                   f"marked cancelled (resume it with --resume {record.id})")
+        click.echo(
+            f"run {record.id} had no heartbeat since {record.heartbeat_at}: "
+            f"marked cancelled (resume it with --resume {record.id})"
+        )
         return
     store.request_cancel(record.id)
     deadline = time.monotonic() + wait_s
     while time.monotonic() < deadline:
         now = store.get(record.id)
         if now is not None and now.status != "running":
-            click.echo(f"run {record.id} {now.status}: {now.events_handled} "
-                       f"events handled")
+            click.echo(
+                f"run {record.id} {now.status}: {now.events_handled} events handled"
+            )
             return
         time.sleep(0.1)
-    click.echo(f"asked run {record.id} to stop; it is still running after "
-               f"{wait_s:g}s", err=True)
+    click.echo(
+        f"asked run {record.id} to stop; it is still running after {wait_s:g}s",
+        err=True,
+    )
     sys.exit(EXIT_FAILURE)

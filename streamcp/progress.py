@@ -43,8 +43,11 @@ class Progress:
         self._stream = stream
         self._tty = stream.isatty() if tty is None else tty
         self._clock = clock
-        self._interval_s = interval_s if interval_s is not None else (
-            TTY_INTERVAL_S if self._tty else LINE_INTERVAL_S)
+        self._interval_s = (
+            interval_s
+            if interval_s is not None
+            else (TTY_INTERVAL_S if self._tty else LINE_INTERVAL_S)
+        )
         self._started_at = clock()
         self._shown_at = self._started_at
         # Events done before this process started (a resumed run's).
@@ -62,9 +65,11 @@ class Progress:
         """Draw the last state and end the line."""
         now = self._clock()
         share = done / self._total if self._total else 1.0
-        text = (f"{done}/{self._total} events ({share:.0%}) in "
-                f"{_duration(now - self._started_at)}, "
-                f"{self._rate(done, now):.0f} events/s: {status}")
+        text = (
+            f"{done}/{self._total} events ({share:.0%}) in "
+            f"{_duration(now - self._started_at)}, "
+            f"{self._rate(done, now):.0f} events/s: {status}"
+        )
         if not self._tty:
             text = f"replay {self._run_id}: {text}"
         self._write(text, final=True)
@@ -75,8 +80,10 @@ class Progress:
         remaining = max(self._total - done, 0)
         share = done / self._total if self._total else 1.0
         left = f"about {_duration(remaining / rate)} left" if rate > 0 else "-- left"
-        counts = (f"{done}/{self._total} events ({share:.0%}), {rate:.0f} events/s, "
-                  f"{remaining} remaining, {left}")
+        counts = (
+            f"{done}/{self._total} events ({share:.0%}), {rate:.0f} events/s, "
+            f"{remaining} remaining, {left}"
+        )
         if not self._tty:
             return f"replay {self._run_id}: {counts}"
         filled = int(BAR_WIDTH * min(share, 1.0))

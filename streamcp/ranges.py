@@ -134,8 +134,7 @@ class PartitionRange:
     def __post_init__(self) -> None:
         if self.start < 0 or self.end < self.start:
             raise ValueError(
-                f"partition {self.partition}: invalid range "
-                f"[{self.start}, {self.end})"
+                f"partition {self.partition}: invalid range [{self.start}, {self.end})"
             )
 
     @property
@@ -215,14 +214,18 @@ class BrokerView:
             self._consumer.consume(READ_BATCH, 0.1)
             for tp in parts:
                 _, high = self._consumer.get_watermark_offsets(
-                    to_kafka(tp), cached=True)
+                    to_kafka(tp), cached=True
+                )
                 if high is not None and high >= 0:
                     fetched[tp] = int(high)
         self._consumer.unassign()
         missing = [str(tp) for tp in parts if tp not in fetched]
         if missing:
-            log.warning("replay.watermark_unconfirmed", partitions=missing,
-                        reason="no fetch response carried a high watermark")
+            log.warning(
+                "replay.watermark_unconfirmed",
+                partitions=missing,
+                reason="no fetch response carried a high watermark",
+            )
         return {
             tp: (low, max(high, fetched.get(tp, high)))
             for tp, (low, high) in listed.items()
@@ -378,7 +381,9 @@ def _resolve_end(
     start, high = bounds
     if request.to_time is not None:
         found = broker.first_at_or_after(
-            tp, to_millis(request.to_time), (start, high),
+            tp,
+            to_millis(request.to_time),
+            (start, high),
             strictly_after=request.end_inclusive,
         )
         return high if found is None else found

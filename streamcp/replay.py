@@ -167,7 +167,8 @@ class Replay:
         self._consumer: Any = None
         self._dispatcher: Dispatcher | None = None
         self.log = structlog.get_logger("streamcp.replay").bind(
-            run_id=run.id, topic=run.topic)
+            run_id=run.id, topic=run.topic
+        )
 
     @property
     def owner(self) -> Owner:
@@ -187,8 +188,11 @@ class Replay:
             self._setup_handler()
             self._claim()
             self._assign()
-            self.log.info("replay.started", owner=self._owner.instance_id,
-                          partitions=[str(tp) for tp in self._assigned])
+            self.log.info(
+                "replay.started",
+                owner=self._owner.instance_id,
+                partitions=[str(tp) for tp in self._assigned],
+            )
             while not self._stop.is_set() and not self._all_done():
                 self._iterate()
         except StreamcpError as exc:
@@ -231,8 +235,9 @@ class Replay:
             if not wanted:
                 continue
             for index, (lane, lane_events) in enumerate(dispatcher.split(wanted)):
-                unit = self._tracker.deliver(track, lane_events,
-                                             nbytes if index == 0 else 0)
+                unit = self._tracker.deliver(
+                    track, lane_events, nbytes if index == 0 else 0
+                )
                 dispatcher.submit(self._handler, unit, lane)
 
     def _log_errors(self, errored: Sequence[Any]) -> None:
@@ -240,8 +245,12 @@ class Replay:
             error = message.error()
             if error.fatal():
                 raise ReplayError(f"fatal Kafka error: {error.str()}")
-            self.log.warning("consumer.error", code=error.name(), reason=error.str(),
-                             partition=message.partition())
+            self.log.warning(
+                "consumer.error",
+                code=error.name(),
+                reason=error.str(),
+                partition=message.partition(),
+            )
 
     def _check_failures(self) -> None:
         if self._failure is not None:
@@ -253,10 +262,16 @@ class Replay:
             offset = unit.next_offset()
             where = offset if offset is not None else unit.last_offset
             self._failed_events += 1
-            self.log.error("handler.failed", partition=unit.topic_partition.partition,
-                           offset=where, handler=self._handler.name, error=repr(cause))
-            self._fail(HandlerFailed(unit.topic_partition, where,
-                                     self._handler.name, cause))
+            self.log.error(
+                "handler.failed",
+                partition=unit.topic_partition.partition,
+                offset=where,
+                handler=self._handler.name,
+                error=repr(cause),
+            )
+            self._fail(
+                HandlerFailed(unit.topic_partition, where, self._handler.name, cause)
+            )
             return
 
     def _follow_positions(self) -> None:
@@ -296,10 +311,17 @@ class Replay:
         _, high = self._consumer.get_watermark_offsets(to_kafka(tp), cached=True)
         end = part.range.end
         if high is not None and 0 <= high <= part.position:
-            part.note = (f"the log ends at {part.position}, before the end {end}: "
-                         f"stopped there after {self._idle_timeout_s:g}s idle")
-            self.log.warning("partition.ended_early", partition=tp.partition,
-                             position=part.position, end=end, high_watermark=high)
+            part.note = (
+                f"the log ends at {part.position}, before the end {end}: "
+                f"stopped there after {self._idle_timeout_s:g}s idle"
+            )
+            self.log.warning(
+                "partition.ended_early",
+                partition=tp.partition,
+                position=part.position,
+                end=end,
+                high_watermark=high,
+            )
             self._finish_partition(tp, part, part.position)
             return
         raise ReplayError(
@@ -348,12 +370,17 @@ class Replay:
             done = begin >= part_range.end
             if done:
                 _advance(track, begin)  # record it as replayed, to its end
-            self._parts[tp] = _Part(part_range, claim.epoch, begin, begin, now,
-                                    done=done)
+            self._parts[tp] = _Part(
+                part_range, claim.epoch, begin, begin, now, done=done
+            )
             if claim.offset is not None:
-                self.log.info("partition.resumed", partition=tp.partition,
-                              checkpoint=claim.offset, end=part_range.end,
-                              epoch=claim.epoch)
+                self.log.info(
+                    "partition.resumed",
+                    partition=tp.partition,
+                    checkpoint=claim.offset,
+                    end=part_range.end,
+                    epoch=claim.epoch,
+                )
 
     def _assign(self) -> None:
         settings = replay_consumer_settings(self._config.kafka, self._run.id)
@@ -387,12 +414,14 @@ class Replay:
             self._timer.succeeded(finished)
             return True
         try:
-            result = self._store.commit(self._namespace, self._owner,
-                                        [p[0] for p in pending])
+            result = self._store.commit(
+                self._namespace, self._owner, [p[0] for p in pending]
+            )
         except StoreUnavailable as exc:
             delay = self._timer.failed()
-            self.log.warning("checkpoint.commit_failed", error=str(exc),
-                             retry_in_s=delay)
+            self.log.warning(
+                "checkpoint.commit_failed", error=str(exc), retry_in_s=delay
+            )
             return False
         self._timer.succeeded(finished)
         accepted = set(result.accepted)
@@ -406,19 +435,25 @@ class Replay:
             progress[request.topic_partition.partition] = request.offset
             events += request.events
         if result.refused:
-            self._fence(f"the store refused {len(result.refused)} checkpoint(s): "
-                        f"{result.refused[0].reason}")
+            self._fence(
+                f"the store refused {len(result.refused)} checkpoint(s): "
+                f"{result.refused[0].reason}"
+            )
         self._record_progress(progress, events)
-        self.log.debug("checkpoint.committed", partitions=len(accepted),
-                       refused=len(result.refused))
+        self.log.debug(
+            "checkpoint.committed",
+            partitions=len(accepted),
+            refused=len(result.refused),
+        )
         return True
 
     def _record_progress(self, progress: dict[int, int], events: int) -> None:
         if not progress:
             return
         try:
-            owned = self._runs.record_commit(self._run.id, self._owner, progress,
-                                             events)
+            owned = self._runs.record_commit(
+                self._run.id, self._owner, progress, events
+            )
         except StoreUnavailable as exc:
             self.log.warning("run.progress_failed", error=str(exc))
             return
@@ -430,8 +465,10 @@ class Replay:
             if self._fenced:
                 return False
             if self._clock() >= deadline:
-                self.log.error("checkpoint.commit_abandoned",
-                               reason="store did not answer within the drain timeout")
+                self.log.error(
+                    "checkpoint.commit_abandoned",
+                    reason="store did not answer within the drain timeout",
+                )
                 return False
             time.sleep(0.05)
         return True
@@ -467,8 +504,9 @@ class Replay:
             or self._tracker.in_flight_bytes >= limits.max_in_flight_bytes
         )
         stopping = self._stop.is_set()
-        wanted = {tp for tp in self._assigned
-                  if over or stopping or self._parts[tp].done}
+        wanted = {
+            tp for tp in self._assigned if over or stopping or self._parts[tp].done
+        }
         to_pause = wanted - self._paused
         to_resume = self._paused - wanted
         if to_pause:
@@ -488,6 +526,7 @@ class Replay:
         if self._consumer is not None:
             self._stop.set()
             self._apply_pauses()
+            self._cancel_in_flight()
             self._drain(drain_s)
             if not self._fenced:
                 self._committed_ok = self._commit_until(self._clock() + drain_s)
@@ -503,12 +542,22 @@ class Replay:
         except Exception as exc:  # noqa: BLE001  # a close error must not mask the end
             self.log.warning("handler.close_failed", error=repr(exc))
 
+    def _cancel_in_flight(self) -> None:
+        # A stopping replay does not finish the units it handed out: each
+        # worker stops after its current event, and the checkpoint holds at
+        # the first event not handled, so a resume starts there.
+        for track in self._tracker:
+            for unit in track.units:
+                if not unit.finished:
+                    unit.cancelled = True
+
     def _drain(self, timeout_s: float) -> None:
         deadline = self._clock() + timeout_s
         while not self._tracker.all_finished():
             if self._clock() >= deadline:
-                self.log.warning("replay.drain_timeout",
-                                 in_flight=self._tracker.in_flight_events)
+                self.log.warning(
+                    "replay.drain_timeout", in_flight=self._tracker.in_flight_events
+                )
                 return
             time.sleep(0.005)
 
@@ -534,12 +583,19 @@ class Replay:
             return ReplayOutcome(status, error, handled, notes)
         recorded: RunStatus = status
         try:
-            self._runs.finish(self._run.id, self._owner, recorded, error=error,
-                              failed_events=self._failed_events, notes=notes)
+            self._runs.finish(
+                self._run.id,
+                self._owner,
+                recorded,
+                error=error,
+                failed_events=self._failed_events,
+                notes=notes,
+            )
         except StoreUnavailable as exc:
             self.log.error("run.finish_failed", error=str(exc), status=status)
-            return ReplayOutcome("failed", f"could not record the outcome: {exc}",
-                                 handled, notes)
+            return ReplayOutcome(
+                "failed", f"could not record the outcome: {exc}", handled, notes
+            )
         return ReplayOutcome(status, error, handled, notes)
 
 

@@ -38,6 +38,7 @@ from __future__ import annotations
 import getpass
 import json
 import os
+import socket
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -136,9 +137,15 @@ class RunRecord:
         return namespace_of(self.id)
 
     def stale(self, now: datetime | None = None) -> bool:
-        """True for a ``running`` run whose process stopped beating."""
+        """True for a ``running`` run whose process is gone.
+
+        Gone means: on this host and no such process, or no heartbeat for
+        :data:`STALE_AFTER_S`.
+        """
         if self.status != "running":
             return False
+        if _process_gone(self.owner):
+            return True
         beat = self.heartbeat_at or self.started_at
         if beat is None:
             return True
@@ -165,8 +172,11 @@ class RunRecord:
             "requested": dict(self.requested),
             "events_handled": self.events_handled,
             "events_failed": self.events_failed,
-            "started_by": {"host": self.started_by_host, "pid": self.started_by_pid,
-                           "user": self.started_by_user},
+            "started_by": {
+                "host": self.started_by_host,
+                "pid": self.started_by_pid,
+                "user": self.started_by_user,
+            },
             "started_at": _iso(self.started_at),
             "finished_at": _iso(self.finished_at),
             "heartbeat_at": _iso(self.heartbeat_at),
@@ -194,7 +204,8 @@ class RunStore:
         cls, url: str, *, key_prefix: str = "streamcp", socket_timeout_s: float = 2.0
     ) -> RunStore:
         client = redis.Redis.from_url(
-            url, socket_timeout=socket_timeout_s,
+            url,
+            socket_timeout=socket_timeout_s,
             socket_connect_timeout=socket_timeout_s,
         )
         return cls(client, key_prefix=key_prefix)
@@ -260,9 +271,14 @@ class RunStore:
 
     def resume(self, run_id: str, owner: Owner) -> RunRecord:
         """Make ``owner`` the run's owner and mark it ``running`` again."""
-        fields: dict[Any, Any] = {"owner": owner.instance_id, "status": "running",
-                  "cancel_requested": "0", "finished_at": "", "error": "",
-                  "heartbeat_at": _stamp(now_utc())}
+        fields: dict[Any, Any] = {
+            "owner": owner.instance_id,
+            "status": "running",
+            "cancel_requested": "0",
+            "finished_at": "",
+            "error": "",
+            "heartbeat_at": _stamp(now_utc()),
+        }
         key = self.key(run_id)
         pipe = self._client.pipeline(transaction=True)
         pipe.hset(key, mapping=fields)
@@ -280,15 +296,19 @@ class RunStore:
         args: list[Any] = [owner.instance_id, events, _stamp(now_utc())]
         for partition, offset in progress.items():
             args += [f"progress:{partition}", offset]
-        return bool(self._do(lambda: self._progress_if_owner(keys=[self.key(run_id)],
-                                                             args=args)))
+        return bool(
+            self._do(
+                lambda: self._progress_if_owner(keys=[self.key(run_id)], args=args)
+            )
+        )
 
     def heartbeat(self, run_id: str, owner: Owner) -> tuple[bool, bool]:
         """Beat; returns (still the owner, cancellation asked)."""
         stamp = _stamp(now_utc())
         owned = self._set(run_id, owner, {"heartbeat_at": stamp})
         asked = self._do(
-            lambda: self._client.hget(self.key(run_id), "cancel_requested"))
+            lambda: self._client.hget(self.key(run_id), "cancel_requested")
+        )
         return owned, _text(asked or b"") == "1"
 
     def finish(
@@ -306,10 +326,14 @@ class RunStore:
         ``notes`` are added to the partitions' notes (a partition that
         ended early says why).
         """
-        fields: dict[str, Any] = {"status": status, "finished_at": _stamp(now_utc()),
-                                  "error": error}
-        current = self._do(lambda: self._client.hmget(
-            self.key(run_id), ["events_failed", "notes"]))
+        fields: dict[str, Any] = {
+            "status": status,
+            "finished_at": _stamp(now_utc()),
+            "error": error,
+        }
+        current = self._do(
+            lambda: self._client.hmget(self.key(run_id), ["events_failed", "notes"])
+        )
         if failed_events:
             fields["events_failed"] = int(_text(current[0] or b"0")) + failed_events
         if notes:
@@ -319,19 +343,25 @@ class RunStore:
         return self._set(run_id, owner, fields)
 
     def request_cancel(self, run_id: str) -> None:
-        fields: dict[Any, Any] = {"cancel_requested": "1",
-                                  "cancel_requested_at": _stamp(now_utc())}
+        fields: dict[Any, Any] = {
+            "cancel_requested": "1",
+            "cancel_requested_at": _stamp(now_utc()),
+        }
         self._do(lambda: self._client.hset(self.key(run_id), mapping=fields))
 
     def mark_cancelled(self, run_id: str, expected_owner: str) -> bool:
         """Cancel a run whose process is gone; only if still that owner's."""
-        fields = {"status": "cancelled", "finished_at": _stamp(now_utc()),
-                  "error": "cancelled while its process was not running"}
+        fields = {
+            "status": "cancelled",
+            "finished_at": _stamp(now_utc()),
+            "error": "cancelled while its process was not running",
+        }
         args: list[Any] = [expected_owner]
         for name, value in fields.items():
             args += [name, value]
-        return bool(self._do(lambda: self._set_if_owner(keys=[self.key(run_id)],
-                                                        args=args)))
+        return bool(
+            self._do(lambda: self._set_if_owner(keys=[self.key(run_id)], args=args))
+        )
 
     def close(self) -> None:
         self._client.close()
@@ -340,14 +370,33 @@ class RunStore:
         args: list[Any] = [owner.instance_id]
         for name, value in fields.items():
             args += [name, value]
-        return bool(self._do(lambda: self._set_if_owner(keys=[self.key(run_id)],
-                                                        args=args)))
+        return bool(
+            self._do(lambda: self._set_if_owner(keys=[self.key(run_id)], args=args))
+        )
 
     def _do(self, call: Any) -> Any:
         try:
             return call()
         except _UNAVAILABLE as exc:
             raise StoreUnavailable(f"redis did not answer: {exc}") from exc
+
+
+def _process_gone(instance_id: str) -> bool:
+    """True when ``instance_id`` (``host:pid:nonce``) names a process of
+    this host that no longer exists."""
+    parts = instance_id.rsplit(":", 2)
+    if len(parts) != 3 or not parts[1].isdigit():
+        return False
+    host, pid = parts[0], int(parts[1])
+    if host != socket.gethostname():
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return True
+    except PermissionError:
+        return False
+    return False
 
 
 def _text(value: bytes | str) -> str:
