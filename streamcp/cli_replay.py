@@ -112,8 +112,9 @@ def handler_for(config: Config, topic: str, name: str | None) -> tuple[Handler, 
 
     Without ``name``: the handler configured for ``topic`` (a
     ``[handlers.<topic>]`` table, else ``[handler]``). With ``name``: that
-    handler, with the options of the configured table of the same name, or
-    none. Raises :class:`ConfigError` naming the field.
+    handler, with the options and failure policy of the configured table
+    of the same name, or none and the default policy. Raises
+    :class:`ConfigError` naming the field.
     """
     tables = [
         (f"handlers.{topic}", config.handlers.get(topic)),
@@ -123,7 +124,10 @@ def handler_for(config: Config, topic: str, name: str | None) -> tuple[Handler, 
         if table is None or table.name == "-":
             continue
         if name is None or table.name == name:
-            return load(table.name, table.options, field_name=field_name), table.name
+            built = load(
+                table.name, table.options, field_name=field_name, policy=table.policy
+            )
+            return built, table.name
     if name is None:
         raise ConfigError(
             "handler.name",

@@ -37,6 +37,7 @@ import structlog
 
 from streamcp.committer import Clock, CommitTimer, commit_requests
 from streamcp.config import Config, KafkaConfig
+from streamcp.deadletter import DeadLetters
 from streamcp.dispatcher import Dispatcher
 from streamcp.errors import (
     HandlerFailed,
@@ -183,6 +184,7 @@ class Replay:
         self._dispatcher = Dispatcher(
             concurrency=self._config.consumer.concurrency,
             ordering=self._config.consumer.ordering,
+            dead_letters=self._dead_letters(),
         )
         try:
             self._setup_handler()
@@ -349,6 +351,23 @@ class Replay:
         self._stop.set()
 
     # -- ownership -------------------------------------------------------------
+
+    def _dead_letters(self) -> DeadLetters | None:
+        policy = getattr(self._handler, "policy", None)
+        if policy is None or policy.on_failure != "dead-letter":
+            return None
+        kafka = self._config.kafka
+        # The producer takes the pass-through properties (SASL, SSL) but
+        # none of the consumer's own.
+        consumer_only = ("fetch.", "isolation.", "auto.", "group.")
+        properties = {
+            k: v for k, v in kafka.properties.items() if not k.startswith(consumer_only)
+        }
+        return DeadLetters(
+            kafka.bootstrap_servers,
+            properties,
+            delivery_timeout_s=self._config.consumer.dead_letter_timeout_s,
+        )
 
     def _setup_handler(self) -> None:
         try:

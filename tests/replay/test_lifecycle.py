@@ -156,3 +156,31 @@ def test_resume_of_a_run_whose_process_still_runs_is_refused(
         assert f"run {run_id!r} is running" in result.stderr
     finally:
         proc.kill()
+
+
+def test_handler_failure_fails_the_run_at_that_event_and_resume_retries_it(
+    setup: ReplaySetup,
+) -> None:
+    """A handler that fails for good at partition 1 offset 3 makes the run end
+    failed (exit 1, one failed event) with that partition's checkpoint at 3;
+    a resume with a handler that no longer fails handles offset 3 onward and
+    completes the run."""
+    produce_per_partition(setup.bootstrap, setup.topic, 3, 6)
+    failing = setup.config(
+        handler_options={"fail_at": ["1:3"]}, handler={"retry_attempts": 1}
+    )
+    result = setup.replay(config=failing)
+    assert result.returncode == 1, result.stderr
+    run_id = run_id_of(result.stdout)
+    assert "failed at" in result.stderr and "offset 3" in result.stderr
+    shown = setup.show(run_id)
+    assert shown["status"] == "failed" and shown["events_failed"] == 1
+    assert decode(shown)[1] == (0, 6, 3)
+    assert offsets_of(read_seen(setup.out))[1] == [0, 1, 2]
+
+    resumed = setup.cli("replay", "--resume", run_id)
+    assert resumed.returncode == 0, resumed.stderr
+    assert offsets_of(read_seen(setup.out))[1] == [0, 1, 2, 3, 4, 5]
+    final = setup.show(run_id)
+    assert final["status"] == "completed"
+    assert decode(final) == {p: (0, 6, 6) for p in range(3)}
