@@ -29,22 +29,38 @@ class Setup:
     tmp: Path
 
     def raw(self, **sections: Any) -> dict[str, Any]:
-        return raw_config(self.kafka.bootstrap_servers, self.redis_url, self.prefix,
-                          self.topic, self.group, **sections)
+        return raw_config(
+            self.kafka.bootstrap_servers,
+            self.redis_url,
+            self.prefix,
+            self.topic,
+            self.group,
+            **sections,
+        )
 
     def config(self, **sections: Any) -> Config:
         return config_from(self.raw(**sections))
 
     def cli_args(self) -> list[str]:
-        return ["--bootstrap-servers", self.kafka.bootstrap_servers,
-                "--group", self.group, "--redis-url", self.redis_url,
-                "--key-prefix", self.prefix]
+        return [
+            "--bootstrap-servers",
+            self.kafka.bootstrap_servers,
+            "--group",
+            self.group,
+            "--redis-url",
+            self.redis_url,
+            "--key-prefix",
+            self.prefix,
+        ]
 
 
 @pytest.fixture
 def setup_factory(
-    kafka: KafkaService, redis_service: RedisService, key_prefix: str,
-    topic_factory: Callable[..., str], tmp_path: Path,
+    kafka: KafkaService,
+    redis_service: RedisService,
+    key_prefix: str,
+    topic_factory: Callable[..., str],
+    tmp_path: Path,
 ) -> Iterator[Callable[..., Setup]]:
     """``make(partitions=3, redis_url=None)``: a fresh topic and group."""
     stores: list[RedisCheckpointStore] = []
@@ -53,8 +69,15 @@ def setup_factory(
         url = redis_url or redis_service.url
         store = RedisCheckpointStore.from_url(url, key_prefix=key_prefix)
         stores.append(store)
-        return Setup(kafka, url, key_prefix, topic_factory(partitions),
-                     f"g-{uuid.uuid4().hex[:8]}", store, tmp_path)
+        return Setup(
+            kafka,
+            url,
+            key_prefix,
+            topic_factory(partitions),
+            f"g-{uuid.uuid4().hex[:8]}",
+            store,
+            tmp_path,
+        )
 
     yield make
     for store in stores:

@@ -14,7 +14,7 @@ def get(address: tuple[str, int], path: str) -> tuple[int, bytes]:
     """(status, body) of GET ``path``; a 503 is an answer, not an error."""
     url = f"http://{address[0]}:{address[1]}{path}"
     try:
-        with urllib.request.urlopen(url, timeout=5) as response:  # noqa: S310
+        with urllib.request.urlopen(url, timeout=5) as response:
             return response.status, response.read()
     except urllib.error.HTTPError as exc:
         return exc.code, exc.read()
@@ -25,7 +25,9 @@ def probe(address: tuple[str, int], path: str) -> tuple[int, dict[str, Any]]:
     return status, json.loads(body)
 
 
-def samples(address: tuple[str, int]) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+def samples(
+    address: tuple[str, int],
+) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
     """Every sample of ``/metrics``: (name, sorted labels) -> value."""
     status, body = get(address, "/metrics")
     assert status == 200

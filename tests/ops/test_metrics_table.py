@@ -76,10 +76,18 @@ def test_two_instances_in_one_process_do_not_share_collectors() -> None:
     at zero, and creating a second one raises no duplicate-name error."""
     one, two = Metrics(), Metrics()
     one.count_events("orders", "handled", 5)
-    assert one.registry.get_sample_value(
-        "streamcp_events_total", {"topic": "orders", "outcome": "handled"}) == 5
-    assert two.registry.get_sample_value(
-        "streamcp_events_total", {"topic": "orders", "outcome": "handled"}) is None
+    assert (
+        one.registry.get_sample_value(
+            "streamcp_events_total", {"topic": "orders", "outcome": "handled"}
+        )
+        == 5
+    )
+    assert (
+        two.registry.get_sample_value(
+            "streamcp_events_total", {"topic": "orders", "outcome": "handled"}
+        )
+        is None
+    )
 
 
 def test_dropping_a_partition_removes_its_gauges() -> None:
@@ -90,6 +98,10 @@ def test_dropping_a_partition_removes_its_gauges() -> None:
     metrics.replay_ended("run-1")
     body, _ = metrics.exposition()
     text = body.decode()
-    for name in ("streamcp_checkpoint_offset{", "streamcp_lag_events{",
-                 "streamcp_checkpoint_age_seconds{", "streamcp_replay_events_done{"):
+    for name in (
+        "streamcp_checkpoint_offset{",
+        "streamcp_lag_events{",
+        "streamcp_checkpoint_age_seconds{",
+        "streamcp_replay_events_done{",
+    ):
         assert name not in text

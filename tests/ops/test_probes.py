@@ -44,21 +44,27 @@ def test_readyz_needs_a_fresh_broker_report_and_redis_and_not_stopping() -> None
     once the service is stopping."""
     clock = FakeClock()
     health = Health(liveness_timeout_s=5.0, kafka_stale_s=6.0, clock=clock)
-    assert health.readiness() == (False, {"status": "unready", "kafka": "unknown",
-                                          "redis": "unknown"})
+    assert health.readiness() == (
+        False,
+        {"status": "unready", "kafka": "unknown", "redis": "unknown"},
+    )
     health.kafka(True)
     health.redis(True)
     assert health.readiness()[0]
     clock.now += 7
-    assert health.readiness() == (False, {"status": "unready", "kafka": "unknown",
-                                          "redis": "up"})
+    assert health.readiness() == (
+        False,
+        {"status": "unready", "kafka": "unknown", "redis": "up"},
+    )
     health.kafka(True)
     health.redis(False)
     assert not health.readiness()[0]
     health.redis(True)
     health.stopping()
-    assert health.readiness() == (False, {"status": "stopping", "kafka": "up",
-                                          "redis": "up"})
+    assert health.readiness() == (
+        False,
+        {"status": "stopping", "kafka": "up", "redis": "up"},
+    )
 
 
 def test_unknown_path_is_404_and_metrics_is_prometheus_text() -> None:
@@ -66,8 +72,9 @@ def test_unknown_path_is_404_and_metrics_is_prometheus_text() -> None:
     /metrics in Prometheus text format."""
     metrics = Metrics()
     metrics.count_events("orders", "handled", 3)
-    server = HealthServer("127.0.0.1", 0, metrics, Health(liveness_timeout_s=1,
-                                                          kafka_stale_s=1))
+    server = HealthServer(
+        "127.0.0.1", 0, metrics, Health(liveness_timeout_s=1, kafka_stale_s=1)
+    )
     address = server.start()
     try:
         assert get(address, "/nope")[0] == 404
@@ -79,7 +86,8 @@ def test_unknown_path_is_404_and_metrics_is_prometheus_text() -> None:
 
 
 def test_readyz_turns_unready_while_redis_is_stopped_and_ready_after_start(
-    setup_factory: Callable[..., Setup], redis_factory: Callable[..., RedisService],
+    setup_factory: Callable[..., Setup],
+    redis_factory: Callable[..., RedisService],
 ) -> None:
     """With its Redis stopped the running service's /readyz answers 503 with
     redis "down"; after the same Redis starts again it answers 200."""
@@ -89,14 +97,19 @@ def test_readyz_turns_unready_while_redis_is_stopped_and_ready_after_start(
         address = wait_for(lambda: running.service.http_address, what="endpoint")
         wait_for(lambda: probe(address, "/readyz")[0] == 200, what="ready at start")
         private.stop()
-        status, body = wait_for(
-            lambda: (r := probe(address, "/readyz"))[0] == 503 and r, timeout_s=15,
-            what="unready while Redis is stopped")
+        _, body = wait_for(
+            lambda: (r := probe(address, "/readyz"))[0] == 503 and r,
+            timeout_s=15,
+            what="unready while Redis is stopped",
+        )
         assert body["redis"] == "down" and body["kafka"] == "up"
         assert probe(address, "/healthz")[0] == 200
         private.start()
-        wait_for(lambda: probe(address, "/readyz")[0] == 200, timeout_s=15,
-                 what="ready again after Redis started")
+        wait_for(
+            lambda: probe(address, "/readyz")[0] == 200,
+            timeout_s=15,
+            what="ready again after Redis started",
+        )
 
 
 def test_instance_with_no_partition_assigned_is_ready(
@@ -105,11 +118,18 @@ def test_instance_with_no_partition_assigned_is_ready(
     """Of two instances of a group on a 1-partition topic, the one that got
     no partition still answers /readyz with 200."""
     setup = setup_factory(partitions=1)
-    with ServiceThread(setup.config(), lambda event: None) as one, \
-            ServiceThread(setup.config(), lambda event: None) as two:
+    with (
+        ServiceThread(setup.config(), lambda event: None) as one,
+        ServiceThread(setup.config(), lambda event: None) as two,
+    ):
+
         def idle() -> ServiceThread | None:
-            counts = {r: r.service.metrics.registry.get_sample_value(
-                "streamcp_assigned_partitions") for r in (one, two)}
+            counts = {
+                r: r.service.metrics.registry.get_sample_value(
+                    "streamcp_assigned_partitions"
+                )
+                for r in (one, two)
+            }
             if sorted(counts.values()) != [0, 1]:
                 return None
             return next(r for r, n in counts.items() if n == 0)
@@ -117,5 +137,6 @@ def test_instance_with_no_partition_assigned_is_ready(
         idle_one = wait_for(idle, timeout_s=45, what="one instance with 0 partitions")
         address = idle_one.service.http_address
         assert address is not None
-        wait_for(lambda: probe(address, "/readyz")[0] == 200,
-                 what="the idle instance ready")
+        wait_for(
+            lambda: probe(address, "/readyz")[0] == 200, what="the idle instance ready"
+        )

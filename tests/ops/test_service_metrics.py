@@ -26,11 +26,16 @@ class Gate:
 
 
 def _address(running: ServiceThread) -> tuple[str, int]:
-    return wait_for(lambda: running.service.http_address, timeout_s=10,
-                    what="the metrics endpoint to listen")
+    return wait_for(
+        lambda: running.service.http_address,
+        timeout_s=10,
+        what="the metrics endpoint to listen",
+    )
 
 
-def _partition_values(address: tuple[str, int], name: str, topic: str) -> dict[int, float]:
+def _partition_values(
+    address: tuple[str, int], name: str, topic: str
+) -> dict[int, float]:
     return {
         int(dict(labels)["partition"]): v
         for (sample, labels), v in samples(address).items()
@@ -49,35 +54,71 @@ def test_scrape_while_held_shows_lag_and_in_flight_then_zero_lag_when_caught_up(
     config = setup.config(commit={"every_events": 5, "every_seconds": 0.5})
     with ServiceThread(config, gate) as running:
         address = _address(running)
-        wait_for(lambda: _partition_values(address, "streamcp_lag_events", setup.topic)
-                 == {0: 10, 1: 10, 2: 10}, what="lag 10 on each partition while held")
-        wait_for(lambda: value(address, "streamcp_events_in_flight") == 30,
-                 what="30 events in flight")
+        wait_for(
+            lambda: (
+                _partition_values(address, "streamcp_lag_events", setup.topic)
+                == {0: 10, 1: 10, 2: 10}
+            ),
+            what="lag 10 on each partition while held",
+        )
+        wait_for(
+            lambda: value(address, "streamcp_events_in_flight") == 30,
+            what="30 events in flight",
+        )
         assert value(address, "streamcp_assigned_partitions") == 3
         # Checkpoint 0 (nothing finished yet) may already be committed.
-        assert _partition_values(address, "streamcp_checkpoint_offset",
-                                 setup.topic) in ({}, {0: 0, 1: 0, 2: 0})
+        assert _partition_values(
+            address, "streamcp_checkpoint_offset", setup.topic
+        ) in ({}, {0: 0, 1: 0, 2: 0})
 
         gate.open.set()
-        wait_for(lambda: checkpoints(setup.store, setup.group) == {0: 10, 1: 10, 2: 10},
-                 what="checkpoints at 10")
-        wait_for(lambda: _partition_values(address, "streamcp_lag_events", setup.topic)
-                 == {0: 0, 1: 0, 2: 0}, what="lag 0 once caught up")
-        wait_for(lambda: value(address, "streamcp_events_total", topic=setup.topic,
-                               outcome="handled") == 30, what="30 handled")
+        wait_for(
+            lambda: checkpoints(setup.store, setup.group) == {0: 10, 1: 10, 2: 10},
+            what="checkpoints at 10",
+        )
+        wait_for(
+            lambda: (
+                _partition_values(address, "streamcp_lag_events", setup.topic)
+                == {0: 0, 1: 0, 2: 0}
+            ),
+            what="lag 0 once caught up",
+        )
+        wait_for(
+            lambda: (
+                value(
+                    address,
+                    "streamcp_events_total",
+                    topic=setup.topic,
+                    outcome="handled",
+                )
+                == 30
+            ),
+            what="30 handled",
+        )
         assert _partition_values(
-            address, "streamcp_checkpoint_offset", setup.topic) == {0: 10, 1: 10, 2: 10}
-        wait_for(lambda: value(address, "streamcp_events_in_flight") == 0,
-                 what="nothing in flight")
+            address, "streamcp_checkpoint_offset", setup.topic
+        ) == {0: 10, 1: 10, 2: 10}
+        wait_for(
+            lambda: value(address, "streamcp_events_in_flight") == 0,
+            what="nothing in flight",
+        )
         found = samples(address)
         assert found[("streamcp_rebalances_total", (("kind", "assigned"),))] >= 1
         assert found[("streamcp_commits_total", (("result", "accepted"),))] >= 1
         assert found[("streamcp_commit_duration_seconds_count", ())] >= 1
-        assert found[("streamcp_handler_duration_seconds_count",
-                      (("topic", setup.topic),))] >= 3
-        assert ("streamcp_events_total",
-                (("outcome", "failed"), ("topic", setup.topic))) not in found
-        ages = _partition_values(address, "streamcp_checkpoint_age_seconds", setup.topic)
+        assert (
+            found[
+                ("streamcp_handler_duration_seconds_count", (("topic", setup.topic),))
+            ]
+            >= 3
+        )
+        assert (
+            "streamcp_events_total",
+            (("outcome", "failed"), ("topic", setup.topic)),
+        ) not in found
+        ages = _partition_values(
+            address, "streamcp_checkpoint_age_seconds", setup.topic
+        )
         assert set(ages) == {0, 1, 2} and all(0 <= age < 30 for age in ages.values())
 
 
@@ -89,8 +130,10 @@ def test_healthz_stays_healthy_while_a_handler_is_slow(setup: Setup) -> None:
     config = setup.config(metrics={"address": "127.0.0.1:0", "liveness_timeout_s": 1.0})
     with ServiceThread(config, gate) as running:
         address = _address(running)
-        wait_for(lambda: value(address, "streamcp_events_in_flight") == 3,
-                 what="3 events held by the handler")
+        wait_for(
+            lambda: value(address, "streamcp_events_in_flight") == 3,
+            what="3 events held by the handler",
+        )
         deadline = time.monotonic() + 3.0
         while time.monotonic() < deadline:
             status, body = probe(address, "/healthz")

@@ -45,16 +45,21 @@ def _kafka_offsets(setup: Setup) -> dict[int, int]:
 def _consume_then_flush(setup: Setup, private: RedisService) -> None:
     produce(setup.kafka.bootstrap_servers, setup.topic, 3, 10)
     with ServiceThread(setup.config(), Seen()):
-        wait_for(lambda: checkpoints(setup.store, setup.group) == {0: 10, 1: 10, 2: 10},
-                 what="checkpoints at 10")
-    wait_for(lambda: _kafka_offsets(setup) == {0: 10, 1: 10, 2: 10},
-             what="the checkpoints mirrored to Kafka")
+        wait_for(
+            lambda: checkpoints(setup.store, setup.group) == {0: 10, 1: 10, 2: 10},
+            what="checkpoints at 10",
+        )
+    wait_for(
+        lambda: _kafka_offsets(setup) == {0: 10, 1: 10, 2: 10},
+        what="the checkpoints mirrored to Kafka",
+    )
     private.flushall()
     assert checkpoints(setup.store, setup.group) == {}
 
 
 def test_flushed_store_stops_the_service_with_store_lost_by_default(
-    setup_factory: Callable[..., Setup], redis_factory: Callable[..., RedisService],
+    setup_factory: Callable[..., Setup],
+    redis_factory: Callable[..., RedisService],
 ) -> None:
     """After FLUSHALL the next run handles nothing, applies no start policy,
     and stops with status 1 and a StoreLost naming the group and Kafka's
@@ -78,15 +83,18 @@ def test_flushed_store_stops_the_service_with_store_lost_by_default(
 
 
 def test_flushed_store_makes_the_cli_exit_1_with_a_clear_message(
-    setup_factory: Callable[..., Setup], redis_factory: Callable[..., RedisService],
+    setup_factory: Callable[..., Setup],
+    redis_factory: Callable[..., RedisService],
 ) -> None:
     """``streamcp run`` as a real process exits 1 after a flush and says on
     stderr that the store lost the group's checkpoints, and how to recover."""
     private = redis_factory()
     setup = setup_factory(redis_url=private.url)
     _consume_then_flush(setup, private)
-    raw = setup.raw(handler={"options": {"path": str(setup.tmp / "handled.txt")}},
-                    log={"level": "info", "format": "json"})
+    raw = setup.raw(
+        handler={"options": {"path": str(setup.tmp / "handled.txt")}},
+        log={"level": "info", "format": "json"},
+    )
     proc = ServiceProcess(write_config(setup.tmp / "c.toml", raw), setup.tmp / "log")
     try:
         assert proc.wait(60) == 1
@@ -100,7 +108,8 @@ def test_flushed_store_makes_the_cli_exit_1_with_a_clear_message(
 
 
 def test_flushed_store_recovers_from_kafka_offsets_when_configured(
-    setup_factory: Callable[..., Setup], redis_factory: Callable[..., RedisService],
+    setup_factory: Callable[..., Setup],
+    redis_factory: Callable[..., RedisService],
 ) -> None:
     """With on_store_loss = "recover_from_kafka" the service writes Kafka's
     offsets back to Redis, logs checkpoint.recovered for each partition,
@@ -112,16 +121,23 @@ def test_flushed_store_recovers_from_kafka_offsets_when_configured(
     seen = Seen()
     config = setup.config(consumer={"on_store_loss": "recover_from_kafka"})
     with capture_logs() as logs, ServiceThread(config, seen):
-        wait_for(lambda: checkpoints(setup.store, setup.group) == {0: 10, 1: 10, 2: 10},
-                 what="recovered checkpoints in Redis")
+        wait_for(
+            lambda: checkpoints(setup.store, setup.group) == {0: 10, 1: 10, 2: 10},
+            what="recovered checkpoints in Redis",
+        )
         produce(setup.kafka.bootstrap_servers, setup.topic, 3, 2, start=10)
         wait_for(lambda: len(seen.offsets) == 6, what="the 6 new events")
-        wait_for(lambda: checkpoints(setup.store, setup.group) == {0: 12, 1: 12, 2: 12},
-                 what="checkpoints at 12")
+        wait_for(
+            lambda: checkpoints(setup.store, setup.group) == {0: 12, 1: 12, 2: 12},
+            what="checkpoints at 12",
+        )
     assert sorted(seen.offsets) == [(p, o) for p in range(3) for o in (10, 11)]
     recovered = [e for e in logs if e["event"] == "checkpoint.recovered"]
     assert sorted((e["partition"], e["checkpoint"]) for e in recovered) == [
-        (0, 10), (1, 10), (2, 10)]
+        (0, 10),
+        (1, 10),
+        (2, 10),
+    ]
     assert all(e["source"] == "kafka group offsets" for e in recovered)
 
 
@@ -132,20 +148,27 @@ def test_mirror_puts_accepted_checkpoints_into_kafka_group_offsets(
     group sees Kafka committed offsets equal to the Redis checkpoints."""
     produce(setup.kafka.bootstrap_servers, setup.topic, 3, 7)
     with ServiceThread(setup.config(), Seen()):
-        wait_for(lambda: checkpoints(setup.store, setup.group) == {0: 7, 1: 7, 2: 7},
-                 what="checkpoints at 7")
-        wait_for(lambda: _kafka_offsets(setup) == {0: 7, 1: 7, 2: 7},
-                 what="the same offsets in Kafka while running")
+        wait_for(
+            lambda: checkpoints(setup.store, setup.group) == {0: 7, 1: 7, 2: 7},
+            what="checkpoints at 7",
+        )
+        wait_for(
+            lambda: _kafka_offsets(setup) == {0: 7, 1: 7, 2: 7},
+            what="the same offsets in Kafka while running",
+        )
 
 
 def test_mirror_off_commits_nothing_to_kafka(setup: Setup) -> None:
     """With commit.mirror_to_kafka = false, the group has no committed
     offsets in Kafka, while running and after a graceful stop."""
     produce(setup.kafka.bootstrap_servers, setup.topic, 3, 7)
-    config = setup.config(commit={"every_events": 5, "every_seconds": 0.5,
-                                  "mirror_to_kafka": False})
+    config = setup.config(
+        commit={"every_events": 5, "every_seconds": 0.5, "mirror_to_kafka": False}
+    )
     with ServiceThread(config, Seen()):
-        wait_for(lambda: checkpoints(setup.store, setup.group) == {0: 7, 1: 7, 2: 7},
-                 what="checkpoints at 7")
+        wait_for(
+            lambda: checkpoints(setup.store, setup.group) == {0: 7, 1: 7, 2: 7},
+            what="checkpoints at 7",
+        )
         assert _kafka_offsets(setup) == {}
     assert _kafka_offsets(setup) == {}
