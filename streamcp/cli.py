@@ -312,6 +312,24 @@ def handlers_list() -> None:
             click.echo(f"    option {name}: {kind} = {default}")
 
 
+@main.command("new-handler")
+@click.argument("name")
+@click.option("--directory", type=click.Path(path_type=Path, file_okay=False),
+              help="Where to write the package (default: ./NAME).")
+def new_handler(name: str, directory: Path | None) -> None:
+    """Create the package of a new handler plugin NAME, with its tests."""
+    from streamcp.scaffold import create_handler_package
+
+    try:
+        made = create_handler_package(name, directory)
+    except ValueError as exc:
+        raise click.UsageError(str(exc)) from exc
+    click.echo(f"created handler {made.name!r} ({made.package}.handler:"
+               f"{made.class_name}) in {made.directory}")
+    click.echo(f"next: pip install -e '{made.directory}[test]' && "
+               f"pytest {made.directory}")
+
+
 @main.command()
 @click.option("--bootstrap-servers", help="Use this broker instead of starting one.")
 @click.option("--redis-url", help="Use this Redis instead of starting one.")

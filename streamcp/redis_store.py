@@ -15,6 +15,7 @@ Fields of a checkpoint hash (all strings, as Redis keeps them):
     epoch                ownership generation, bumped by every claim and
                          operator change
     owner                instance id of the owner ("" once released)
+    claimed_at           ISO 8601 UTC time of the current owner's claim
     committed_at         ISO 8601 UTC time of the last change of offset
     committed_by_host    host, pid and Kafka member id of the process
     committed_by_pid     that made that change
