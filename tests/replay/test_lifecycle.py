@@ -184,3 +184,32 @@ def test_handler_failure_fails_the_run_at_that_event_and_resume_retries_it(
     final = setup.show(run_id)
     assert final["status"] == "completed"
     assert decode(final) == {p: (0, 6, 6) for p in range(3)}
+
+
+def test_cancel_of_a_killed_run_marks_it_cancelled_at_once_and_it_resumes(
+    setup: ReplaySetup,
+) -> None:
+    """runs cancel of a run whose process was killed marks it cancelled
+    without waiting, and list shows it so; a resume then completes it."""
+    produce_per_partition(setup.bootstrap, setup.topic, 3, 40)
+    config = setup.config(**SLOW)
+    proc = ReplayProcess(setup, "--topic", setup.topic, config=config)
+    run_id = proc.run_id()
+    wait_for(lambda: read_seen(setup.out), 30, "a first event handled")
+    proc.kill()
+    assert "running (no heartbeat)" in setup.cli("runs", "list").stdout
+
+    started = time.monotonic()
+    cancel = setup.cli("runs", "cancel", run_id, "--wait", "30")
+    assert cancel.returncode == 0, cancel.stderr
+    assert "marked cancelled" in cancel.stdout
+    assert time.monotonic() - started < 10
+    assert setup.show(run_id)["status"] == "cancelled"
+
+    resumed = setup.cli("replay", "--resume", run_id, config=config)
+    assert resumed.returncode == 0, resumed.stderr
+    assert setup.show(run_id)["status"] == "completed"
+    seen = offsets_of(read_seen(setup.out))
+    assert {p: sorted(set(o)) for p, o in seen.items()} == {
+        p: list(range(40)) for p in range(3)
+    }
