@@ -4,7 +4,13 @@ from __future__ import annotations
 
 import time
 
+from confluent_kafka import Producer
+
+from streamcp.ranges import PartitionRange
+from streamcp.runs import RunStore, new_run_id
+from streamcp.store import Owner
 from tests.replay.helpers import (
+    RECORDER,
     ReplaySetup,
     produce_per_partition,
     produce_transaction,
@@ -153,3 +159,53 @@ def test_dry_run_prints_offsets_and_counts_and_records_nothing(
     assert "dry run" in result.stdout
     assert read_seen(setup.out) == []
     assert setup.cli("runs", "list").stdout.startswith("0 run(s)")
+
+
+def test_high_watermark_counts_every_record_of_a_multi_record_batch(
+    setup: ReplaySetup,
+) -> None:
+    """Five events produced in one batch resolve to the range [0, 5) and are
+    all replayed: the end comes from the fetch response's high watermark,
+    not only from the broker's ListOffsets answer."""
+    producer = Producer({"bootstrap.servers": setup.bootstrap, "linger.ms": 500})
+    for i in range(5):
+        producer.produce(setup.topic, value=f"b{i}".encode(), partition=0)
+    assert producer.flush(30) == 0
+    result = setup.replay("--partition", "0")
+    assert result.returncode == 0, result.stderr
+    (part,) = setup.show(run_id_of(result.stdout))["partitions"]
+    assert (part["start"], part["end"], part["checkpoint"]) == (0, 5, 5)
+    assert offsets_of(read_seen(setup.out)) == {0: [0, 1, 2, 3, 4]}
+
+
+def test_recorded_end_past_the_log_end_stops_at_the_log_end_after_idle_timeout(
+    setup: ReplaySetup,
+) -> None:
+    """A run whose recorded end (20) lies past where the log now ends (5, as
+    after the topic was recreated) does not wait forever: once the position
+    stands at the high watermark for --idle-timeout, the partition ends
+    there with a note and the run completes."""
+    produce_per_partition(setup.bootstrap, setup.topic, 1, 5)
+    runs = RunStore.from_url(setup.redis.url, key_prefix=setup.prefix)
+    owner = Owner.for_this_process()
+    run_id = new_run_id()
+    try:
+        runs.create(
+            run_id,
+            topic=setup.topic,
+            handler=RECORDER,
+            ranges=[PartitionRange(0, 0, 20)],
+            requested={},
+            owner=owner,
+        )
+        runs.finish(run_id, owner, "failed", error="set up by the test")
+    finally:
+        runs.close()
+    started = time.monotonic()
+    result = setup.cli("replay", "--resume", run_id, "--idle-timeout", "1")
+    assert result.returncode == 0, result.stderr
+    assert time.monotonic() - started < 30
+    assert "the log ends at 5, before the end 20" in result.stdout
+    assert offsets_of(read_seen(setup.out)) == {0: [0, 1, 2, 3, 4]}
+    (part,) = setup.show(run_id)["partitions"]
+    assert part["checkpoint"] == 5 and "the log ends at 5" in part["note"]
