@@ -367,6 +367,10 @@ def _add_replay_commands() -> None:
     main.add_command(replay)
     main.add_command(runs)
 
+    from streamcp.cli_sample import load_sample_command
+
+    main.add_command(load_sample_command)
+
 
 if __name__ == "__main__":
     # Run the package's own copy of this module, which has every command.

@@ -29,8 +29,7 @@ from contextlib import ExitStack, contextmanager
 from pathlib import Path
 
 import redis
-from confluent_kafka import Consumer, KafkaException
-from confluent_kafka import TopicPartition as KafkaTopicPartition
+from confluent_kafka import KafkaException
 
 from streamcp.config import redact_url
 from streamcp.events import TopicPartition
@@ -43,6 +42,7 @@ from streamcp.examples.wikistats import (
 )
 from streamcp.logs import configure_logging
 from streamcp.redis_store import RedisCheckpointStore
+from streamcp.sample import partition_ends, sample_records
 from streamcp.services import (
     KafkaService,
     ServiceUnavailableError,
@@ -200,11 +200,8 @@ class _Demo:
     def load_topic(self) -> None:
         heading("Loading the events")
         self.kafka.create_topic(self.topic, PARTITIONS)
-        lines = [line for line in DATA_FILE.read_bytes().splitlines() if line.strip()]
-        produce_records(self.kafka.bootstrap_servers, self.topic, [
-            (str(r["title"]).encode(), line, int(r["timestamp"]) * 1000, None)
-            for r, line in zip(self.records, lines, strict=True)
-        ])
+        produce_records(self.kafka.bootstrap_servers, self.topic,
+                        sample_records(DATA_FILE))
         self.ends = self.partition_ends()
         say(f"{len(self.records)} events from {DATA_FILE.name}, keyed by page title "
             f"and stamped with their own time,")
@@ -218,16 +215,8 @@ class _Demo:
             )
 
     def partition_ends(self) -> dict[int, int]:
-        consumer = Consumer({"bootstrap.servers": self.kafka.bootstrap_servers,
-                             "group.id": f"{self.group}-watermarks"})
-        try:
-            return {
-                p: int(consumer.get_watermark_offsets(
-                    KafkaTopicPartition(self.topic, p), timeout=10)[1])
-                for p in range(PARTITIONS)
-            }
-        finally:
-            consumer.close()
+        return partition_ends(self.kafka.bootstrap_servers, self.topic,
+                              range(PARTITIONS))
 
     def write_config(self) -> None:
         q = json.dumps  # a JSON string is a TOML basic string
