@@ -47,6 +47,8 @@ from typing import Any, Literal
 
 import redis
 import redis.exceptions
+from redis.backoff import NoBackoff
+from redis.retry import Retry
 
 from streamcp.errors import StoreUnavailable
 from streamcp.ranges import PartitionRange, ranges_from_record
@@ -207,6 +209,9 @@ class RunStore:
             url,
             socket_timeout=socket_timeout_s,
             socket_connect_timeout=socket_timeout_s,
+            # The replay loop retries on its own schedule and keeps
+            # polling; the client's retries would only block it.
+            retry=Retry(NoBackoff(), 0),
         )
         return cls(client, key_prefix=key_prefix)
 
