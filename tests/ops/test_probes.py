@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
+import socket
 from collections.abc import Callable
+
+from structlog.testing import capture_logs
 
 from streamcp.health import Health, HealthServer
 from streamcp.metrics import Metrics
-from streamcp.services import RedisService
+from streamcp.services import KafkaService, RedisService
 from tests.ops.conftest import Setup
 from tests.ops.probe import get, probe
-from tests.service.harness import ServiceThread, wait_for
+from tests.service.harness import ServiceThread, checkpoints, produce, wait_for
 
 
 class FakeClock:
@@ -140,3 +143,59 @@ def test_instance_with_no_partition_assigned_is_ready(
         wait_for(
             lambda: probe(address, "/readyz")[0] == 200, what="the idle instance ready"
         )
+
+
+def test_readyz_turns_unready_once_the_broker_is_gone(
+    setup_factory: Callable[..., Setup],
+    kafka_factory: Callable[[], KafkaService],
+) -> None:
+    """With its private broker stopped, a running service's /readyz answers
+    503 with kafka "down" within a few statistics intervals, while /healthz
+    stays 200 (the loop still iterates)."""
+    broker = kafka_factory()
+    setup = setup_factory()
+    setup.kafka = broker
+    broker.create_topic(setup.topic, 3)
+    with ServiceThread(setup.config(), lambda event: None) as running:
+        address = wait_for(lambda: running.service.http_address, what="endpoint")
+        wait_for(
+            lambda: probe(address, "/readyz")[0] == 200,
+            timeout_s=30,
+            what="ready at start",
+        )
+        broker.stop()
+        _, body = wait_for(
+            lambda: (r := probe(address, "/readyz"))[0] == 503 and r,
+            timeout_s=20,
+            what="unready once the broker is gone",
+        )
+        assert body["kafka"] in ("down", "unknown") and body["redis"] == "up"
+        assert probe(address, "/healthz")[0] == 200
+
+
+def test_taken_metrics_port_is_logged_and_the_service_consumes_anyway(
+    setup: Setup,
+) -> None:
+    """When the configured address is taken the service logs
+    metrics.bind_failed at error level, has no endpoint, and still commits."""
+    taken = socket.socket()
+    taken.bind(("127.0.0.1", 0))
+    taken.listen()
+    port = taken.getsockname()[1]
+    try:
+        produce(setup.kafka.bootstrap_servers, setup.topic, 3, 2)
+        config = setup.config(metrics={"address": f"127.0.0.1:{port}"})
+        with (
+            capture_logs() as logs,
+            ServiceThread(config, lambda event: None) as running,
+        ):
+            wait_for(
+                lambda: checkpoints(setup.store, setup.group) == {0: 2, 1: 2, 2: 2},
+                what="checkpoints at 2",
+            )
+            assert running.service.http_address is None
+    finally:
+        taken.close()
+    failed = [e for e in logs if e["event"] == "metrics.bind_failed"]
+    assert len(failed) == 1 and failed[0]["log_level"] == "error"
+    assert failed[0]["address"] == f"127.0.0.1:{port}"
