@@ -308,7 +308,10 @@ def handlers_list() -> None:
         except Exception as exc:  # noqa: BLE001  # a broken plugin must not hide others
             click.echo(f"    cannot load: {type(exc).__name__}: {exc}")
             continue
-        for name, kind, default in options_schema(target):
+        options = options_schema(target)
+        if not options:
+            click.echo("    no options")
+        for name, kind, default in options:
             click.echo(f"    option {name}: {kind} = {default}")
 
 

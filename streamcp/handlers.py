@@ -84,7 +84,7 @@ def discover() -> list[HandlerInfo]:
     """Every handler registered under the ``streamcp.handlers`` entry point."""
     found = []
     for ep in entry_points(group=ENTRY_POINT_GROUP):
-        dist = ep.dist.name if ep.dist is not None else "?"
+        dist = f"{ep.dist.name} {ep.dist.version}" if ep.dist is not None else "?"
         found.append(HandlerInfo(ep.name, f"entry point of {dist} ({ep.value})", ep))
     return sorted(found, key=lambda info: info.name)
 
@@ -199,10 +199,16 @@ def build(
 
 
 def options_schema(target: Any) -> list[tuple[str, str, str]]:
-    """(name, type, default) of each option a handler class declares."""
-    options_cls = getattr(target, "Options", None)
-    if not (inspect.isclass(target) and dataclasses.is_dataclass(options_cls)):
+    """(name, type, default) of each option a handler class declares.
+
+    The fields of its ``Options`` dataclass, or else the keyword parameters
+    of its constructor; none for a function or an instance.
+    """
+    if not inspect.isclass(target):
         return []
+    options_cls = getattr(target, "Options", None)
+    if not dataclasses.is_dataclass(options_cls):
+        return _constructor_options(target)
     hints = typing.get_type_hints(options_cls)
     rows = []
     for f in dataclasses.fields(options_cls):
@@ -213,6 +219,21 @@ def options_schema(target: Any) -> list[tuple[str, str, str]]:
             default = repr(f.default_factory())
         rows.append((f.name, _type_name(hints.get(f.name, Any)), default))
     return rows
+
+
+def _constructor_options(cls: type[Any]) -> list[tuple[str, str, str]]:
+    try:
+        signature = inspect.signature(cls)
+        hints = typing.get_type_hints(cls.__init__)
+    except (TypeError, ValueError, NameError):
+        return []
+    named = (inspect.Parameter.POSITIONAL_OR_KEYWORD, inspect.Parameter.KEYWORD_ONLY)
+    return [
+        (p.name, _type_name(hints.get(p.name, Any)),
+         "required" if p.default is inspect.Parameter.empty else repr(p.default))
+        for p in signature.parameters.values()
+        if p.kind in named
+    ]
 
 
 def _has_handle(target: Any) -> bool:

@@ -121,7 +121,7 @@ def test_a_generated_package_in_a_fresh_venv_is_listed_and_passes_its_tests(
     assert listed.returncode == 0, listed.stderr
     lines = listed.stdout.splitlines()
     start = lines.index(
-        "order-totals  (entry point of order-totals "
+        "order-totals  (entry point of order-totals 0.1.0 "
         "(order_totals.handler:OrderTotals))")
     assert lines[start + 1:start + 3] == ["    option database: str = required",
                                           "    option field: str = 'type'"]
