@@ -446,10 +446,16 @@ class Harness:
         ]
         parts = [tp for tp in wanted if tp in self._epochs]
         self._commit(parts)
-        self.store.release(self.group, self._owner,
-                           {tp: self._epochs[tp] for tp in parts if tp in self._epochs})
+        self._release(parts)
         for tp in parts:
             self._forget(tp)
+
+    def _release(self, parts: Iterable[TopicPartition]) -> None:
+        # As the service does, only active partitions are released: a paused
+        # one keeps its owner, and its pause, in the store.
+        epochs = {tp: self._epochs[tp] for tp in parts
+                  if tp in self._epochs and tp not in self._paused}
+        self.store.release(self.group, self._owner, epochs)
 
     def assigned(self) -> list[TopicPartition]:
         """The partitions this consumer holds now (paused ones included)."""
@@ -500,7 +506,7 @@ class Harness:
         if self._state in ("closed", "crashed"):
             return
         self._commit(None)
-        self.store.release(self.group, self._owner, dict(self._epochs))
+        self._release(list(self._epochs))
         for tp in list(self._epochs):
             self._forget(tp)
         self._state = "closed"
