@@ -291,22 +291,33 @@ class Service:
             del self._pending_pauses[tp]
 
     def _check_pauses(self) -> None:
-        """Resume partitions whose pause an operator lifted in the store."""
+        """Look in the store for what operators changed, every few seconds.
+
+        A paused partition whose pause was lifted resumes at its checkpoint;
+        an active one whose checkpoint an operator set is sought there at
+        once, even when it is idle and would not commit for a while.
+        """
         self._pause_check_at = self._clock() + PAUSE_CHECK_S
         self._record_pauses()
-        paused = [tp for tp, o in self._partitions.items()
-                  if o.status == "paused" and tp not in self._pending_pauses]
-        if not paused:
+        watched = [tp for tp, o in self._partitions.items()
+                   if o.status in ("paused", "active") and tp not in self._pending_pauses]
+        if not watched:
             return
         try:
-            stored = self._store.read(self._group, paused)
+            stored = self._store.read(self._group, watched)
         except StoreUnavailable:
             return
-        for tp in paused:
+        for tp in watched:
             checkpoint = stored.get(tp)
-            if checkpoint is None or checkpoint.paused:
+            owned = self._partitions.get(tp)
+            if checkpoint is None or owned is None:
                 continue
-            owned = self._partitions[tp]
+            if owned.status == "active":
+                if checkpoint.epoch != owned.epoch:
+                    self._adopt(tp, checkpoint)
+                continue
+            if checkpoint.paused:
+                continue
             offset = checkpoint.offset if checkpoint.offset is not None else owned.paused_offset
             if offset is None:
                 continue
@@ -567,7 +578,16 @@ class Service:
             stored = self._store.read(self._group, [tp]).get(tp)
         except StoreUnavailable:
             return False
-        if stored is None or not stored.operator_change or stored.offset is None:
+        return stored is not None and self._adopt(tp, stored)
+
+    def _adopt(self, tp: TopicPartition, stored: Checkpoint) -> bool:
+        """Take an operator's change of ``tp``'s checkpoint: drop in-flight
+        work and seek there. Only the recorded owner does; True if adopted."""
+        if (
+            not stored.operator_change
+            or stored.offset is None
+            or stored.owner != self._owner.instance_id
+        ):
             return False
         self._tracker.forget(tp)
         if self._dispatcher is not None:

@@ -62,6 +62,7 @@ from confluent_kafka.cimpl import NewTopic
 from redis.backoff import NoBackoff
 from redis.retry import Retry
 
+from streamcp.config import redact_url
 from streamcp.errors import StreamcpError
 
 __all__ = [
@@ -997,7 +998,8 @@ def provide_redis(
 def _external_redis(env_var: str, url: str) -> RedisService:
     parts = urlsplit(url)
     if parts.scheme not in ("redis", "rediss") or not parts.hostname:
-        raise ServiceUnavailableError(f"{env_var}={url!r} is not a redis:// URL")
+        raise ServiceUnavailableError(
+            f"{env_var}={redact_url(url)!r} is not a redis:// URL")
     port = parts.port or 6379
     client = redis.Redis.from_url(
         url, socket_timeout=5, socket_connect_timeout=5, retry=Retry(NoBackoff(), 0)
@@ -1006,7 +1008,7 @@ def _external_redis(env_var: str, url: str) -> RedisService:
         client.ping()
     except redis.RedisError as exc:
         raise ServiceUnavailableError(
-            f"{env_var}={url!r}: Redis does not answer: {exc}"
+            f"{env_var}={redact_url(url)!r}: Redis does not answer: {exc}"
         ) from exc
     finally:
         client.close()
