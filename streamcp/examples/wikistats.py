@@ -157,6 +157,10 @@ def _is_int(value: object) -> TypeGuard[int]:
 class WikiStats:
     """Handler plugin ``wikistats``: see the module docstring."""
 
+    # A malformed event stays malformed: apply the failure policy at once
+    # instead of calling again.
+    non_retryable = (ValueError,)
+
     @dataclass(frozen=True)
     class Options:
         """``redis_url``: where the statistics go; ``key_prefix``: their keys'
