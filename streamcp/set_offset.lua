@@ -10,11 +10,10 @@ redis.call('HSET', KEYS[3], 'offset', offset, 'committed_at', at,
            'committed_by_host', by, 'committed_by_pid', 0,
            'committed_by_member', '', 'events', 0, 'operator_change', '1')
 redis.call('SADD', KEYS[2], member_name)
-local owner = redis.call('HGET', KEYS[3], 'owner') or ''
 local sep = string.find(member_name, ':[^:]*$')
 redis.call('XADD', KEYS[1], 'MAXLEN', '~', tonumber(ARGV[5]), '*',
            'kind', 'operator', 'topic', string.sub(member_name, 1, sep - 1),
            'partition', string.sub(member_name, sep + 1),
            'offset', offset, 'previous', previous or '',
-           'epoch', epoch, 'owner', owner, 'at', at)
+           'epoch', epoch, 'owner', by, 'at', at)
 return redis.call('HGETALL', KEYS[3])

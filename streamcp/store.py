@@ -299,7 +299,8 @@ class InMemoryCheckpointStore:
             slot.host, slot.pid, slot.member = by, 0, ""
             slot.events = 0
             slot.operator_change = True
-            self._append(space, "operator", topic_partition, offset, previous, slot)
+            self._append(space, "operator", topic_partition, offset, previous, slot,
+                         who=by)
             return _checkpoint(topic_partition, slot)
 
     def pause(
@@ -358,12 +359,13 @@ class InMemoryCheckpointStore:
         offset: int | None,
         previous: int | None,
         slot: _Slot,
+        who: str | None = None,
     ) -> None:
         space.sequence += 1
         entry_id = f"{int(time.time() * 1000)}-{space.sequence}"
         space.history.append(
             HistoryEntry(entry_id, kind, tp, offset, previous, slot.epoch,
-                         slot.owner, now_utc())
+                         slot.owner if who is None else who, now_utc())
         )
         while len(space.history) > self._history_max:
             space.history.popleft()

@@ -162,8 +162,8 @@ def test_operator_set_moves_backwards_and_fences_owner(store: CheckpointStore) -
     refused = store.commit(NS, me, [CommitRequest(A, 101, epoch)])
     assert refused.refused[0].reason == "stale_epoch"
     assert store.read(NS)[A].offset == 10
-    kinds = [e.kind for e in store.history(NS)]
-    assert kinds[-1] == "operator"
+    last = store.history(NS)[-1]
+    assert (last.kind, last.owner, last.previous_offset) == ("operator", "operator@laptop", 100)
 
 
 def test_namespaces_are_independent(store: CheckpointStore) -> None:
