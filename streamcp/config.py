@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from streamcp.errors import ConfigError
+from streamcp.redis_client import parse_redis_url
 
 StartPolicy = Literal["earliest", "latest", "fail"]
 Ordering = Literal["partition", "key"]
@@ -149,9 +150,21 @@ def _check_properties(properties: Mapping[str, Any]) -> None:
                  "is set by streamcp; use the kafka section's own field")
 
 
+# One server, a Redis Cluster or a primary found through Sentinel (see
+# streamcp.redis_client for the URL forms).
+REDIS_URL_SCHEMES = ("redis://", "rediss://", "unix://", "redis+cluster://",
+                     "rediss+cluster://", "redis+sentinel://", "rediss+sentinel://")
+
+
 @dataclass(frozen=True, kw_only=True)
 class RedisConfig:
-    """Where the checkpoint store lives."""
+    """Where the checkpoint store lives.
+
+    ``url`` is ``redis://host:port/db`` for one server,
+    ``redis+cluster://host:port[,host:port...]`` for a Redis Cluster, or
+    ``redis+sentinel://host:port[,host:port...]/<primary name>[/db]`` for a
+    primary that Sentinel watches (``rediss`` for TLS in each).
+    """
 
     url: str = "redis://127.0.0.1:6379/0"
     key_prefix: str = "streamcp"
@@ -161,11 +174,15 @@ class RedisConfig:
     def __post_init__(self) -> None:
         _check_type(self.url, (str,), "redis.url")
         _require(
-            self.url.startswith(("redis://", "rediss://", "unix://")),
+            self.url.startswith(REDIS_URL_SCHEMES),
             "redis.url",
-            f"must start with redis://, rediss:// or unix://, got "
+            f"must start with {', '.join(REDIS_URL_SCHEMES)}, got "
             f"{redact_url(self.url)!r}",
         )
+        try:
+            parse_redis_url(self.url)
+        except ValueError as exc:
+            raise ConfigError("redis.url", f"{exc}: {redact_url(self.url)!r}") from exc
         _check_type(self.key_prefix, (str,), "redis.key_prefix")
         _require(
             bool(re.fullmatch(r"[A-Za-z0-9_.-]+", self.key_prefix)),

@@ -39,11 +39,10 @@ from typing import Any
 
 import redis
 import redis.exceptions
-from redis.backoff import NoBackoff
-from redis.retry import Retry
 
 from streamcp.errors import CheckpointStoreError, StoreUnavailable
 from streamcp.events import TopicPartition
+from streamcp.redis_client import RedisClient, redis_client
 from streamcp.store import (
     Checkpoint,
     CommitRequest,
@@ -93,11 +92,15 @@ class RedisCheckpointStore:
     ``socket_timeout_s``; scripts are atomic, so a call that raised either
     happened whole or not at all (a commit retried after a timeout that did
     apply is accepted again without a second history entry).
+
+    ``client`` may be a ``redis.Redis`` (one server, or the primary found
+    through Sentinel) or a ``redis.cluster.RedisCluster``: every call
+    touches the keys of one namespace, which share one Cluster slot.
     """
 
     def __init__(
         self,
-        client: redis.Redis,
+        client: RedisClient,
         *,
         key_prefix: str = "streamcp",
         history_max_entries: int = 100_000,
@@ -120,15 +123,12 @@ class RedisCheckpointStore:
         socket_timeout_s: float = 2.0,
         history_max_entries: int = 100_000,
     ) -> RedisCheckpointStore:
-        client = redis.Redis.from_url(
-            url,
-            socket_timeout=socket_timeout_s,
-            socket_connect_timeout=socket_timeout_s,
-            health_check_interval=30,
-            # The service retries with its own backoff while it keeps
-            # polling; the client's retries would only block the loop.
-            retry=Retry(NoBackoff(), 0),
-        )
+        """A store on ``url``: ``redis://`` (or ``rediss://``, ``unix://``),
+        ``redis+cluster://`` or ``redis+sentinel://`` (see
+        :mod:`streamcp.redis_client`)."""
+        # The service retries with its own backoff while it keeps polling;
+        # the client's retries would only block the loop.
+        client = redis_client(url, socket_timeout_s=socket_timeout_s)
         return cls(client, key_prefix=key_prefix,
                    history_max_entries=history_max_entries)
 

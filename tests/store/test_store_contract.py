@@ -1,4 +1,5 @@
-"""One contract, two checkpoint stores: Redis (the product) and in-memory."""
+"""One contract, two checkpoint stores: Redis (the product, on one server, a
+Cluster and behind Sentinel) and in-memory."""
 
 from __future__ import annotations
 
@@ -17,10 +18,19 @@ B = TopicPartition("orders", 1)
 NS = "group-a"
 
 
-@pytest.fixture(params=["memory", "redis"])
+@pytest.fixture(params=["memory", "redis", "redis-cluster", "redis-sentinel"])
 def store(request: pytest.FixtureRequest, key_prefix: str) -> Iterator[CheckpointStore]:
     if request.param == "memory":
         yield InMemoryCheckpointStore(history_max_entries=50)
+        return
+    if request.param in ("redis-cluster", "redis-sentinel"):
+        # Through the redis+cluster:// or redis+sentinel:// URL, as the
+        # service makes its store.
+        topology = request.getfixturevalue(request.param.replace("-", "_"))
+        on_topology = RedisCheckpointStore.from_url(
+            topology.url, key_prefix=key_prefix, history_max_entries=50)
+        yield on_topology
+        on_topology.close()
         return
     redis_service = request.getfixturevalue("redis_service")
     client = redis.Redis.from_url(redis_service.url)
