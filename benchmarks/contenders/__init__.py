@@ -1,0 +1,1 @@
+"""The contenders: each module runs as a process of its own (see run.py)."""
