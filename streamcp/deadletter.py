@@ -25,18 +25,23 @@ past the event only when it returns True.
 from __future__ import annotations
 
 import threading
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from datetime import UTC, datetime
 from typing import Any
 
 import confluent_kafka
 import structlog
 
+from streamcp.config import Config
 from streamcp.events import Event
+from streamcp.handlers import Handler
 from streamcp.source import librdkafka_logger
 
 HEADER_PREFIX = "streamcp."
 MAX_MESSAGE_CHARS = 1000
+# Consumer settings among the pass-through properties; the producer of
+# dead-letter records takes the others (SASL, SSL).
+_CONSUMER_ONLY = ("fetch.", "isolation.", "auto.", "group.")
 
 log = structlog.get_logger("streamcp.deadletter")
 
@@ -62,6 +67,31 @@ def dead_letter_headers(
     ]
     headers += [(HEADER_PREFIX + name, value.encode()) for name, value in ours.items()]
     return headers
+
+
+def dead_letters_for(config: Config, handlers: Iterable[Handler]) -> DeadLetters | None:
+    """A producer of dead-letter records when one of ``handlers`` needs it.
+
+    None when no handler's policy is ``dead-letter``; nothing connects
+    until the first record is sent.
+    """
+    wanted = (getattr(h, "policy", None) for h in handlers)
+    if not any(p is not None and p.on_failure == "dead-letter" for p in wanted):
+        return None
+    return dead_letter_producer(config)
+
+
+def dead_letter_producer(config: Config) -> DeadLetters:
+    """A producer of dead-letter records with the configured Kafka access."""
+    kafka = config.kafka
+    properties = {
+        k: v for k, v in kafka.properties.items() if not k.startswith(_CONSUMER_ONLY)
+    }
+    return DeadLetters(
+        kafka.bootstrap_servers,
+        properties,
+        delivery_timeout_s=config.consumer.dead_letter_timeout_s,
+    )
 
 
 class DeadLetters:

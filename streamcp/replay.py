@@ -37,7 +37,7 @@ import structlog
 
 from streamcp.committer import Clock, CommitTimer, commit_requests
 from streamcp.config import Config, KafkaConfig
-from streamcp.deadletter import DeadLetters
+from streamcp.deadletter import dead_letters_for
 from streamcp.dispatcher import Dispatcher
 from streamcp.errors import (
     HandlerFailed,
@@ -52,7 +52,7 @@ from streamcp.ranges import BrokerView, PartitionRange, RangeRequest, resolve
 from streamcp.runs import RunRecord, RunStatus, RunStore
 from streamcp.source import consumer_settings, group_by_partition, to_kafka
 from streamcp.store import CheckpointStore, Owner
-from streamcp.tracker import OffsetTracker, PartitionTrack
+from streamcp.tracker import OffsetTracker
 
 OutcomeStatus = Literal["completed", "failed", "cancelled", "fenced"]
 ConsumerFactory = Callable[[dict[str, Any]], Any]
@@ -184,7 +184,7 @@ class Replay:
         self._dispatcher = Dispatcher(
             concurrency=self._config.consumer.concurrency,
             ordering=self._config.consumer.ordering,
-            dead_letters=self._dead_letters(),
+            dead_letters=dead_letters_for(self._config, [self._handler]),
         )
         try:
             self._setup_handler()
@@ -305,7 +305,7 @@ class Replay:
             return
         # Everything below the fetch position was delivered or holds no
         # event, so the checkpoint may move over gaps as it goes.
-        _advance(track, part.position)
+        self._tracker.advance(track, part.position)
         if now - part.moved_at >= self._idle_timeout_s:
             self._stalled(tp, part)
 
@@ -334,7 +334,7 @@ class Replay:
     def _finish_partition(self, tp: TopicPartition, part: _Part, offset: int) -> None:
         track = self._tracker.get(tp)
         if track is not None:
-            _advance(track, offset)
+            self._tracker.advance(track, offset)
         part.done = True
         self.log.info("partition.replayed", partition=tp.partition, end=offset)
 
@@ -351,23 +351,6 @@ class Replay:
         self._stop.set()
 
     # -- ownership -------------------------------------------------------------
-
-    def _dead_letters(self) -> DeadLetters | None:
-        policy = getattr(self._handler, "policy", None)
-        if policy is None or policy.on_failure != "dead-letter":
-            return None
-        kafka = self._config.kafka
-        # The producer takes the pass-through properties (SASL, SSL) but
-        # none of the consumer's own.
-        consumer_only = ("fetch.", "isolation.", "auto.", "group.")
-        properties = {
-            k: v for k, v in kafka.properties.items() if not k.startswith(consumer_only)
-        }
-        return DeadLetters(
-            kafka.bootstrap_servers,
-            properties,
-            delivery_timeout_s=self._config.consumer.dead_letter_timeout_s,
-        )
 
     def _setup_handler(self) -> None:
         try:
@@ -388,7 +371,8 @@ class Replay:
             track = self._tracker.start(tp, claim.offset)
             done = begin >= part_range.end
             if done:
-                _advance(track, begin)  # record it as replayed, to its end
+                # record it as replayed, to its end
+                self._tracker.advance(track, begin)
             self._parts[tp] = _Part(
                 part_range, claim.epoch, begin, begin, now, done=done
             )
@@ -616,13 +600,3 @@ class Replay:
                 "failed", f"could not record the outcome: {exc}", handled, notes
             )
         return ReplayOutcome(status, error, handled, notes)
-
-
-def _advance(track: PartitionTrack, offset: int) -> None:
-    """Move a settled partition's checkpoint over offsets that hold no event.
-
-    Only for a partition every delivered unit of which finished, so its
-    checkpoint is ``delivered_next``.
-    """
-    if track.delivered_next is None or offset > track.delivered_next:
-        track.delivered_next = offset

@@ -25,7 +25,7 @@ import structlog
 
 from streamcp.committer import Clock, CommitTimer, commit_requests
 from streamcp.config import Config, split_address
-from streamcp.deadletter import DeadLetters
+from streamcp.deadletter import dead_letters_for
 from streamcp.dispatcher import Dispatcher
 from streamcp.errors import (
     CheckpointStoreError,
@@ -142,7 +142,7 @@ class Service:
         self._dispatcher = Dispatcher(
             concurrency=self._config.consumer.concurrency,
             ordering=self._config.consumer.ordering,
-            dead_letters=self._dead_letters(),
+            dead_letters=dead_letters_for(self._config, self._router),
             clock=self._clock,
         )
         self._dispatcher.on_unit_ran = self._observer.unit_ran
@@ -656,15 +656,6 @@ class Service:
         return int(high)
 
     # -- lifecycle -------------------------------------------------------------
-
-    def _dead_letters(self) -> DeadLetters | None:
-        if not any(h.policy.on_failure == "dead-letter" for h in self._router):
-            return None
-        kafka = self._config.kafka
-        properties = {k: v for k, v in kafka.properties.items()
-                      if not k.startswith(("fetch.", "isolation.", "auto.", "group."))}
-        return DeadLetters(kafka.bootstrap_servers, properties,
-                           delivery_timeout_s=self._config.consumer.dead_letter_timeout_s)
 
     def _setup_handlers(self) -> None:
         for handler in self._router:

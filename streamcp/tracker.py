@@ -174,6 +174,17 @@ class OffsetTracker:
         self.in_flight_bytes += nbytes
         return unit
 
+    def advance(self, track: PartitionTrack, offset: int) -> None:
+        """Move a settled partition's checkpoint over offsets with no event.
+
+        For a partition whose delivered units all finished and whose
+        consumer position stands at ``offset``: everything below it was
+        delivered or holds no event (compaction, transaction markers), so
+        its checkpoint may be ``offset``. Never moves it backwards.
+        """
+        if track.delivered_next is None or offset > track.delivered_next:
+            track.delivered_next = offset
+
     def committed(self, track: PartitionTrack, offset: int) -> None:
         """Redis accepted ``offset`` for ``track``: drop the units below it."""
         track.committed = offset
