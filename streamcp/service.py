@@ -563,12 +563,69 @@ class Service:
         if self._adopt_operator_change(refusal):
             return
         owned = self._partitions.get(tp)
+        if owned is not None and owned.epoch > 0 and refusal.stored_epoch == 0:
+            self._store_forgot(tp, owned)
+            return
+        if owned is not None and 0 < refusal.stored_epoch < owned.epoch:
+            self._reclaim_after_regression(tp, owned, refusal)
+            return
         if owned is not None:
             owned.status = "fenced"
         self._tracker.forget(tp)
         if self._dispatcher is not None:
             self._dispatcher.discard(tp)
         self._apply_pauses()
+
+    def _reclaim_after_regression(
+        self, tp: TopicPartition, owned: _Owned, refusal: Refusal
+    ) -> None:
+        """The store went back to an epoch older than this consumer's claim.
+
+        Epochs only grow, so nobody claimed the partition after this
+        consumer: Redis lost its latest writes (a failover to a replica that
+        lacked them). Claim again and keep going: every event below this
+        consumer's own checkpoint was handled, so committing it loses nothing.
+        """
+        try:
+            claim = self._store.claim(self._group, [tp], self._owner)[tp]
+        except StoreUnavailable:
+            return  # the next commit is refused again and retries this
+        self.log.warning("checkpoint.epoch_regressed", topic=tp.topic,
+                         partition=tp.partition, stored_epoch=refusal.stored_epoch,
+                         epoch=owned.epoch, new_epoch=claim.epoch,
+                         stored_checkpoint=claim.offset)
+        owned.epoch = claim.epoch
+        track = self._tracker.get(tp)
+        if track is not None:
+            # Make the next commit write this consumer's checkpoint again.
+            track.committed = claim.offset
+
+    def _store_forgot(self, tp: TopicPartition, owned: _Owned) -> None:
+        """The store holds no epoch for a partition this consumer claimed
+        (every claim leaves one): it lost data under the running consumer.
+
+        Under ``fail`` the service stops with :class:`StoreLost`; under
+        ``recover_from_kafka`` the partition is claimed again, which
+        recovers it from Kafka's group offsets like a claim at start.
+        """
+        self._tracker.forget(tp)
+        if self._dispatcher is not None:
+            self._dispatcher.discard(tp)
+        if self._config.consumer.on_store_loss == "recover_from_kafka":
+            owned.status = "waiting"
+            self._apply_pauses()
+            return
+        owned.status = "fenced"
+        error = StoreLost(
+            f"the checkpoint store no longer holds {tp} of group {self._group!r}, "
+            f"claimed by this consumer at epoch {owned.epoch}: Redis lost data "
+            f"(restart without persistence, flush or failover); set "
+            f"consumer.on_store_loss = \"recover_from_kafka\" to resume from "
+            f"Kafka's group offsets, or restore the checkpoints"
+        )
+        self.log.error("checkpoint.store_lost", topic=tp.topic, partition=tp.partition,
+                       epoch=owned.epoch, error=str(error))
+        self._fail(error)
 
     def _adopt_operator_change(self, refusal: Refusal) -> bool:
         tp = refusal.topic_partition

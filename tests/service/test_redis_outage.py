@@ -111,3 +111,33 @@ def test_redis_unreachable_at_assignment_waits_never_uses_start_policy(
         assert sorted(seen) == [(p, o) for p in range(2) for o in range(5, 8)]
         assert service.service.owner.instance_id in {
             cp.owner for cp in store.read(group).values()}
+
+
+def test_epoch_going_back_in_redis_is_reclaimed_and_progress_committed(
+    kafka: KafkaService, redis_service: RedisService, key_prefix: str,
+    topic_factory: Callable[..., str],
+) -> None:
+    """When Redis loses the latest writes (as after a failover), the stored
+    epoch is older than the consumer's own claim; the consumer claims again
+    and commits its own progress instead of giving the partition up."""
+    topic = topic_factory(1)
+    group = f"g-{uuid.uuid4().hex[:8]}"
+    store = RedisCheckpointStore.from_url(redis_service.url, key_prefix=key_prefix)
+    produce(kafka.bootstrap_servers, topic, 1, 5)
+    store.claim(group, [TopicPartition(topic, 0)], Owner("earlier", "h", 1))
+    seen: list[int] = []
+    config = config_from(raw_config(kafka.bootstrap_servers, redis_service.url,
+                                    key_prefix, topic, group,
+                                    commit={"every_events": 1, "every_seconds": 0.2}))
+    with ServiceThread(config, lambda event: seen.append(event.offset)):
+        wait_for(lambda: checkpoints(store, group) == {0: 5}, what="checkpoint at 5")
+        key = store.keys(group).checkpoint(TopicPartition(topic, 0))
+        client = store._client
+        epoch = int(client.hget(key, "epoch"))
+        # Roll the hash back to before this consumer's claim.
+        client.hset(key, mapping={"epoch": epoch - 1, "owner": "older", "offset": 2})
+        produce(kafka.bootstrap_servers, topic, 1, 3, start=5)
+        wait_for(lambda: checkpoints(store, group) == {0: 8}, what="checkpoint at 8")
+    assert seen == list(range(8))
+    stored = store.read(group)[TopicPartition(topic, 0)]
+    assert stored.epoch == epoch  # claimed again: the rolled-back epoch plus one
