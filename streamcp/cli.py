@@ -365,10 +365,12 @@ def topic_partition_arg(text: str) -> TopicPartition:
 
 def _add_replay_commands() -> None:
     # They live in their own module, which builds on this one's helpers.
+    from streamcp.cli_redrive import dlq
     from streamcp.cli_replay import replay, runs
 
     main.add_command(replay)
     main.add_command(runs)
+    main.add_command(dlq)
 
     from streamcp.cli_sample import load_sample_command
 

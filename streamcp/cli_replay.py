@@ -39,6 +39,7 @@ from streamcp.logs import configure_logging
 from streamcp.progress import Progress
 from streamcp.ranges import PartitionRange, RangeRequest, parse_time
 from streamcp.redis_store import RedisCheckpointStore
+from streamcp.redrive_ledger import RedriveSummary
 from streamcp.replay import Replay, resolve_ranges
 from streamcp.runs import RunRecord, RunStore, new_run_id
 from streamcp.store import Owner
@@ -421,6 +422,7 @@ def _rerun(
 ) -> None:
     old = _existing(config, run_id, "--rerun")
     try:
+        _check_replay(old, "--rerun")
         handler, name = handler_for(config, old.topic, handler_name or old.handler)
     except ConfigError as exc:
         _refuse(exc)
@@ -464,6 +466,7 @@ def _resume(
 
 
 def _check_resumable(record: RunRecord) -> None:
+    _check_replay(record, "--resume")
     if record.status == "completed":
         raise RequestRefused(
             "--resume",
@@ -475,6 +478,15 @@ def _check_resumable(record: RunRecord) -> None:
             "--resume",
             f"run {record.id!r} is running in {record.started_by_host} "
             f"(heartbeat at {record.heartbeat_at}); cancel it first",
+        )
+
+
+def _check_replay(record: RunRecord, option: str) -> None:
+    if record.kind != "replay":
+        raise RequestRefused(
+            option,
+            f"run {record.id!r} is a {record.kind}, not a replay: resume it "
+            f"with streamcp dlq redrive --resume {record.id}",
         )
 
 
@@ -575,7 +587,7 @@ def _print_plan(
 
 @click.group()
 def runs() -> None:
-    """List, show and cancel replay runs."""
+    """List, show and cancel runs (replays and dead-letter redrives)."""
 
 
 def _runs_config(args: _ConfigArgs) -> Config:
@@ -596,6 +608,7 @@ def _list_row(record: RunRecord) -> dict[str, Any]:
     status = record.status + (" (no heartbeat)" if record.stale() else "")
     return {
         "run": record.id,
+        "kind": record.kind,
         "status": status,
         "topic": record.topic,
         "partitions": ",".join(str(p) for p in record.partitions),
@@ -634,7 +647,7 @@ def runs_list(
     as_json: bool,
     limit: int,
 ) -> None:
-    """List replay runs, newest first."""
+    """List runs, newest first."""
     config = _runs_config(
         _ConfigArgs(
             config_path, bootstrap_servers, group, redis_url, key_prefix, settings
@@ -657,6 +670,7 @@ def runs_list(
                 [_list_row(r) for r in found],
                 [
                     "run",
+                    "kind",
                     "status",
                     "topic",
                     "partitions",
@@ -693,12 +707,16 @@ def runs_show(
         )
     )
     record = _existing(config, run_id, "RUN_ID")
-    if as_json:
-        click.echo(json.dumps(record.to_json(), indent=2))
-        return
     data = record.to_json()
+    summary = _redrive_summary(config, record)
+    if summary is not None:
+        data["redrive"] = summary.to_json()
+    if as_json:
+        click.echo(json.dumps(data, indent=2))
+        return
     for name in (
         "id",
+        "kind",
         "status",
         "topic",
         "handler",
@@ -720,6 +738,23 @@ def runs_show(
             data["partitions"], ["partition", "start", "end", "checkpoint", "note"]
         )
     )
+    if summary is not None:
+        # cli_redrive builds on this module, so it is imported late.
+        from streamcp.cli_redrive import print_summary  # noqa: PLC0415
+
+        print_summary(summary)
+
+
+def _redrive_summary(config: Config, record: RunRecord) -> RedriveSummary | None:
+    """What a redrive's records came to; None for a replay."""
+    if record.kind != "redrive":
+        return None
+    from streamcp.cli_redrive import summary_of  # noqa: PLC0415  # see above
+
+    try:
+        return summary_of(config, record)
+    except StoreUnavailable as exc:
+        _unavailable(config, exc)
 
 
 @runs.command("cancel")

@@ -10,6 +10,7 @@
     ├── DecodeError               an event's key or value could not be decoded
     ├── HandlerTimeout            a handler call overran its timeout
     ├── DeadLetterFailed          the dead-letter topic did not take an event
+    ├── NotADeadLetter            a record to redrive lacks streamcp's headers
     ├── CheckpointStoreError      the checkpoint store failed
     │   ├── StoreUnavailable      Redis did not answer
     │   └── StoreLost             checkpoints vanished for a group that had some
@@ -105,6 +106,21 @@ class HandlerTimeout(EventError):
 
 class DeadLetterFailed(EventError):
     """The broker did not acknowledge the dead-letter record of an event."""
+
+
+class NotADeadLetter(EventError):  # noqa: N818  # reads as what the record is
+    """A record of a topic being redriven is not a streamcp dead-letter record.
+
+    It lacks the ``streamcp.original.*`` headers (or carries malformed
+    ones); the position is the record's own, in the dead-letter topic, and
+    ``reason`` says what is missing.
+    """
+
+    def __init__(self, topic: str, partition: int, offset: int, reason: str) -> None:
+        super().__init__(
+            topic, partition, offset, f"not a streamcp dead-letter record: {reason}"
+        )
+        self.reason = reason
 
 
 class NonRetryable(Exception):  # noqa: N818  # reads as what the handler means

@@ -127,6 +127,12 @@ class Replay:
 
     :meth:`run` blocks; :meth:`request_stop` may be called from any thread
     or a signal handler and makes the run end ``cancelled``.
+
+    ``before_commit``, when given, is called on the loop's thread before
+    each commit, once the checkpoints to commit are known: what it records
+    is stored before any checkpoint passes the events it covers. When it
+    raises :class:`StoreUnavailable` the commit counts as failed and is
+    retried.
     """
 
     def __init__(
@@ -142,6 +148,7 @@ class Replay:
         consumer_factory: ConsumerFactory = confluent_kafka.Consumer,
         progress: Progress | None = None,
         idle_timeout_s: float = IDLE_TIMEOUT_S,
+        before_commit: Callable[[], None] | None = None,
     ) -> None:
         self._run = run
         self._config = config
@@ -153,6 +160,7 @@ class Replay:
         self._consumer_factory = consumer_factory
         self._progress = progress
         self._idle_timeout_s = idle_timeout_s
+        self._before_commit = before_commit
         self._namespace = run.namespace
         self._tracker = OffsetTracker()
         self._timer = CommitTimer(config.commit, clock)
@@ -417,6 +425,8 @@ class Replay:
             self._timer.succeeded(finished)
             return True
         try:
+            if self._before_commit is not None:
+                self._before_commit()
             result = self._store.commit(
                 self._namespace, self._owner, [p[0] for p in pending]
             )

@@ -1,4 +1,8 @@
-"""Replay runs recorded in Redis: what was asked, what it resolved to, how far.
+"""Runs recorded in Redis: what was asked, what it resolved to, how far.
+
+A run is a replay (``streamcp replay``) or a redrive of dead-letter records
+(``streamcp dlq redrive``, see :mod:`streamcp.redrive`); both are recorded,
+resumed and cancelled the same way.
 
 Keys, with ``P`` the key prefix (``streamcp`` by default)::
 
@@ -8,6 +12,8 @@ Keys, with ``P`` the key prefix (``streamcp`` by default)::
 Fields of a run hash (all strings, as Redis keeps them; JSON where noted):
 
     id, topic, handler     the run id, the topic, the handler's name
+    kind                   replay or redrive (a run recorded without one
+                           is a replay)
     partitions             JSON list of the partitions replayed
     requested              JSON: the range as asked (offsets and/or times)
     offsets                JSON {"<partition>": [start, end]}: what the
@@ -25,8 +31,8 @@ Fields of a run hash (all strings, as Redis keeps them; JSON where noted):
     rerun_of               the run whose offsets this one reran
     resumes                how often it was resumed
 
-The replay's checkpoints themselves live in the checkpoint store under the
-namespace ``replay:<id>`` (see :mod:`streamcp.redis_store`); the
+The run's checkpoints themselves live in the checkpoint store under the
+namespace ``<kind>:<id>`` (see :mod:`streamcp.redis_store`); the
 ``progress:<partition>`` fields mirror them for reading. Writes that only
 the running process may make (progress, heartbeat, the final status) are
 made only while its instance id is the recorded ``owner``, so a process that
@@ -57,6 +63,8 @@ from streamcp.store import Owner, now_utc
 
 RunStatus = Literal["running", "completed", "failed", "cancelled"]
 STATUSES: tuple[RunStatus, ...] = ("running", "completed", "failed", "cancelled")
+RunKind = Literal["replay", "redrive"]
+KINDS: tuple[RunKind, ...] = ("replay", "redrive")
 
 # A running replay writes its heartbeat about every half second; one older
 # than this means its process is gone (crashed, killed).
@@ -93,9 +101,9 @@ def new_run_id() -> str:
     return time.strftime("%Y%m%d-%H%M%S", time.gmtime()) + f"-{os.urandom(2).hex()}"
 
 
-def namespace_of(run_id: str) -> str:
-    """The checkpoint store namespace of a run's replay checkpoints."""
-    return f"replay:{run_id}"
+def namespace_of(run_id: str, kind: RunKind = "replay") -> str:
+    """The checkpoint store namespace of a run's checkpoints."""
+    return f"{kind}:{run_id}"
 
 
 def current_user() -> str:
@@ -113,6 +121,7 @@ class RunRecord:
     topic: str
     handler: str
     ranges: tuple[PartitionRange, ...]
+    kind: RunKind = "replay"
     requested: Mapping[str, Any] = field(default_factory=dict)
     status: RunStatus = "running"
     progress: Mapping[int, int] = field(default_factory=dict)
@@ -136,7 +145,7 @@ class RunRecord:
 
     @property
     def namespace(self) -> str:
-        return namespace_of(self.id)
+        return namespace_of(self.id, self.kind)
 
     def stale(self, now: datetime | None = None) -> bool:
         """True for a ``running`` run whose process is gone.
@@ -157,6 +166,7 @@ class RunRecord:
         """Plain values for ``--json`` output."""
         return {
             "id": self.id,
+            "kind": self.kind,
             "topic": self.topic,
             "handler": self.handler,
             "status": self.status,
@@ -228,11 +238,13 @@ class RunStore:
         requested: Mapping[str, Any],
         owner: Owner,
         rerun_of: str = "",
+        kind: RunKind = "replay",
     ) -> RunRecord:
         """Record a new ``running`` run owned by ``owner``."""
         at = now_utc()
         fields: dict[Any, Any] = {
             "id": run_id,
+            "kind": kind,
             "topic": topic,
             "handler": handler,
             "partitions": json.dumps([r.partition for r in ranges]),
@@ -428,6 +440,13 @@ def _status(text: str) -> RunStatus:
     return "failed"
 
 
+def _kind(text: str) -> RunKind:
+    for kind in KINDS:
+        if kind == text:
+            return kind
+    return "replay"
+
+
 def _record(raw: Mapping[Any, Any]) -> RunRecord:
     fields = {_text(k): _text(v) for k, v in raw.items()}
     ranges = ranges_from_record(json.loads(fields.get("offsets") or "{}"))
@@ -441,6 +460,7 @@ def _record(raw: Mapping[Any, Any]) -> RunRecord:
         topic=fields.get("topic", ""),
         handler=fields.get("handler", ""),
         ranges=tuple(ranges),
+        kind=_kind(fields.get("kind", "")),
         requested=json.loads(fields.get("requested") or "{}"),
         status=_status(fields.get("status", "")),
         progress={
