@@ -62,8 +62,11 @@ def dead_letter_headers(
         "handler": handler,
         "failed_at": failed_at,
     }
+    # The event's own headers as they were (a null value stays null), less
+    # any streamcp.* headers of an earlier dead-lettering, which these replace.
     headers: list[tuple[str, str | bytes | None]] = [
-        (name, value if value is not None else b"") for name, value in event.headers
+        (name, value) for name, value in event.headers
+        if not name.startswith(HEADER_PREFIX)
     ]
     headers += [(HEADER_PREFIX + name, value.encode()) for name, value in ours.items()]
     return headers

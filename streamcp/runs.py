@@ -53,11 +53,10 @@ from typing import Any, Literal
 
 import redis
 import redis.exceptions
-from redis.backoff import NoBackoff
-from redis.retry import Retry
 
 from streamcp.errors import StoreUnavailable
 from streamcp.ranges import PartitionRange, ranges_from_record
+from streamcp.redis_client import RedisClient, redis_client
 from streamcp.redis_store import LAYOUT_VERSION
 from streamcp.store import Owner, now_utc
 
@@ -204,7 +203,7 @@ class RunStore:
     when Redis does not answer; each write touches one hash (plus the index
     on creation), so a call that raised changed nothing or all of it."""
 
-    def __init__(self, client: redis.Redis, *, key_prefix: str = "streamcp") -> None:
+    def __init__(self, client: RedisClient, *, key_prefix: str = "streamcp") -> None:
         self._client = client
         self.index_key = f"{key_prefix}:{LAYOUT_VERSION}:runs"
         self._run_prefix = f"{key_prefix}:{LAYOUT_VERSION}:run:"
@@ -215,14 +214,9 @@ class RunStore:
     def from_url(
         cls, url: str, *, key_prefix: str = "streamcp", socket_timeout_s: float = 2.0
     ) -> RunStore:
-        client = redis.Redis.from_url(
-            url,
-            socket_timeout=socket_timeout_s,
-            socket_connect_timeout=socket_timeout_s,
-            # The replay loop retries on its own schedule and keeps
-            # polling; the client's retries would only block it.
-            retry=Retry(NoBackoff(), 0),
-        )
+        # Cluster and Sentinel URLs too; the client never retries on its own:
+        # the replay loop retries on its schedule and keeps polling.
+        client = redis_client(url, socket_timeout_s=socket_timeout_s)
         return cls(client, key_prefix=key_prefix)
 
     def key(self, run_id: str) -> str:
