@@ -556,7 +556,7 @@ def _kafka_container() -> KafkaService:
         module = importlib.import_module("testcontainers.community.kafka")
     except ImportError:
         module = importlib.import_module("testcontainers.kafka")
-    container = module.KafkaContainer()
+    container = module.KafkaContainer(image="confluentinc/cp-kafka:7.6.0")
     container.start()
     _containers.append(container)
     bootstrap = str(container.get_bootstrap_server())
@@ -947,7 +947,8 @@ def _redis_container(password: str | None, appendonly: bool) -> RedisService:
         module = importlib.import_module("testcontainers.community.redis")
     except ImportError:
         module = importlib.import_module("testcontainers.redis")
-    container = module.RedisContainer(password=password)
+    # Pinned, like the broker image, so a test run means the same thing later.
+    container = module.RedisContainer(image="redis:7.2", password=password)
     command = ["redis-server", "--save", ""]
     command += ["--appendonly", "yes" if appendonly else "no"]
     if appendonly:
