@@ -350,6 +350,12 @@ class Service:
             consumer.incremental_assign(assignments)
         else:
             consumer.assign(assignments)
+        if parts:
+            # librdkafka keeps a partition paused through unassign and
+            # assign: one paused before it was revoked or lost would never
+            # be fetched again. Start from resumed; _apply_pauses pauses
+            # what must wait.
+            consumer.resume([to_kafka(tp) for tp in parts])
         self._paused -= set(parts)
         self._apply_pauses()
         self.log.info("partition.assigned", partitions=[str(tp) for tp in parts],
