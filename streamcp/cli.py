@@ -6,6 +6,7 @@ bad configuration or usage (before anything connects).
 
 from __future__ import annotations
 
+import gc
 import json
 import signal
 import sys
@@ -73,6 +74,19 @@ def _config_error(exc: ConfigError) -> None:
 @click.version_option(package_name="streamcp")
 def main() -> None:
     """Consume Kafka topics with checkpoints in Redis."""
+
+
+def freeze_startup_objects() -> None:
+    """Take what start-up made out of the garbage collector's sight.
+
+    Modules, configuration and clients live as long as the process. Frozen
+    (``gc.freeze``), they are no longer traversed by every full collection
+    that the events passing through trigger: about a tenth of the CPU per
+    event at high rates (docs/benchmarks.md). The process owner calls it,
+    once, just before the loop; a library embedding the service may too.
+    """
+    gc.collect()
+    gc.freeze()
 
 
 @main.command()
@@ -143,6 +157,7 @@ def run(
                       retry_paused=retry_paused)
     for signum in (signal.SIGTERM, signal.SIGINT):
         signal.signal(signum, lambda *_: service.request_stop())
+    freeze_startup_objects()
     status = service.run()
     store.close()
     if service.failure is not None:

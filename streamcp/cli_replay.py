@@ -26,6 +26,7 @@ from streamcp.cli import (
     _load,
     _load_for_store,
     format_table,
+    freeze_startup_objects,
 )
 from streamcp.config import Config, redact_url
 from streamcp.errors import (
@@ -535,6 +536,7 @@ def _execute(
     )
     for signum in (signal.SIGTERM, signal.SIGINT):
         signal.signal(signum, lambda *_: job.request_stop())
+    freeze_startup_objects()
     outcome = job.run()
     store.close()
     runs.close()

@@ -50,7 +50,12 @@ from streamcp.handlers import Handler
 from streamcp.progress import Progress
 from streamcp.ranges import BrokerView, PartitionRange, RangeRequest, resolve
 from streamcp.runs import RunRecord, RunStatus, RunStore
-from streamcp.source import consumer_settings, group_by_partition, to_kafka
+from streamcp.source import (
+    consumer_settings,
+    group_by_partition,
+    split_errors,
+    to_kafka,
+)
 from streamcp.store import CheckpointStore, Owner
 from streamcp.tracker import OffsetTracker
 
@@ -222,16 +227,30 @@ class Replay:
             self._dispatch(messages)
         self._check_failures()
         self._follow_positions()
-        if self._timer.due(self._finished_events()):
+        if self._timer.due(self._finished_events()) or self._bound_wants_commit():
             self._commit()
         self._watch_run()
         self._apply_pauses()
         self._show_progress()
 
+    def _bound_wants_commit(self) -> bool:
+        """At the in-flight bound, commit now, as the service does: finished
+        events free room only once committed, so waiting for the policy
+        would hold the run to one bound's worth of events per period."""
+        if self._timer.retrying:
+            return False
+        limits = self._config.consumer
+        tracker = self._tracker
+        over = (tracker.in_flight_events >= limits.max_in_flight_events
+                or tracker.in_flight_bytes >= limits.max_in_flight_bytes)
+        return over and any(
+            track.checkpoint() != track.committed for track in tracker
+        )
+
     def _dispatch(self, messages: Sequence[Any]) -> None:
-        good = [m for m in messages if m.error() is None]
-        if len(good) != len(messages):
-            self._log_errors([m for m in messages if m.error() is not None])
+        good, errored = split_errors(messages)
+        if errored:
+            self._log_errors(errored)
         dispatcher = self._dispatcher
         if dispatcher is None:
             return

@@ -49,6 +49,7 @@ from streamcp.source import (
     consumer_settings,
     from_kafka,
     group_by_partition,
+    split_errors,
     to_kafka,
 )
 from streamcp.store import Checkpoint, CheckpointStore, Owner, Refusal
@@ -213,11 +214,10 @@ class Service:
         return max(1, min(limits.batch_size, room))
 
     def _dispatch(self, messages: Sequence[Any]) -> None:
-        good = [m for m in messages if m.error() is None]
-        self.log.debug("batch.polled", events=len(good),
-                       errors=len(messages) - len(good))
-        if len(good) != len(messages):
-            self._log_errors(m for m in messages if m.error() is not None)
+        good, errored = split_errors(messages)
+        self.log.debug("batch.polled", events=len(good), errors=len(errored))
+        if errored:
+            self._log_errors(errored)
         dispatcher = self._dispatcher
         assert dispatcher is not None  # noqa: S101  # set by run() before polling
         for tp, events, nbytes in group_by_partition(good):

@@ -90,6 +90,23 @@ def from_kafka(parts: Sequence[confluent_kafka.TopicPartition]) -> list[TopicPar
     return [TopicPartition(p.topic, p.partition) for p in parts]
 
 
+def split_errors(messages: Sequence[Any]) -> tuple[Sequence[Any], list[Any]]:
+    """(messages without an error, messages with one), in order.
+
+    The first is ``messages`` itself in the usual case that none has one.
+    """
+    try:
+        if not any(map(_message_error, messages)):
+            return messages, []
+    except TypeError:  # not confluent-kafka's own messages (a test double)
+        pass
+    good: list[Any] = []
+    errored: list[Any] = []
+    for message in messages:
+        (good if message.error() is None else errored).append(message)
+    return good, errored
+
+
 def group_by_partition(
     messages: Sequence[Any], run_id: str | None = None
 ) -> Iterator[tuple[TopicPartition, list[Event], int]]:
@@ -98,38 +115,72 @@ def group_by_partition(
     Consecutive messages of one partition form one run; a partition that
     comes back later in the same batch yields a second run.
     """
-    current: TopicPartition | None = None
-    topic: str | None = None
-    partition = -1
+    if not messages:
+        return
+    topics, partitions = _topics_and_partitions(messages)
+    for start, end in _runs(topics, partitions):
+        topic, partition = topics[start], partitions[start]
+        run = messages[start:end]
+        yield (TopicPartition(topic, partition), _events(run, topic, partition, run_id),
+               _value_bytes(run))
+
+
+# This loop runs for every event the service consumes, on the polling thread,
+# so it is written for speed: the messages' accessors are looked up once and
+# the events are made without the keyword constructor (three times slower).
+# _events sets every slot that Event.__init__ sets.
+_new_event = Event.__new__
+_message_topic = confluent_kafka.Message.topic
+_message_partition = confluent_kafka.Message.partition
+_message_error = confluent_kafka.Message.error
+
+
+def _topics_and_partitions(messages: Sequence[Any]) -> tuple[list[Any], list[Any]]:
+    try:
+        return (list(map(_message_topic, messages)),
+                list(map(_message_partition, messages)))
+    except TypeError:  # not confluent-kafka's own messages (a test double)
+        return [m.topic() for m in messages], [m.partition() for m in messages]
+
+
+def _runs(topics: list[Any], partitions: list[Any]) -> list[tuple[int, int]]:
+    """(start, end) of each run of one topic-partition in a batch."""
+    size = len(partitions)
+    if partitions.count(partitions[0]) == size and topics.count(topics[0]) == size:
+        return [(0, size)]  # the usual case: a fetch brings one partition
+    starts = [0] + [
+        index for index in range(1, size)
+        if partitions[index] != partitions[index - 1]
+        or topics[index] != topics[index - 1]
+    ]
+    return list(zip(starts, [*starts[1:], size], strict=True))
+
+
+def _events(
+    messages: Sequence[Any], topic: str, partition: int, run_id: str | None
+) -> list[Event]:
     events: list[Event] = []
-    nbytes = 0
+    append = events.append
     for message in messages:
-        m_topic = message.topic()
-        m_partition = message.partition()
-        if m_partition != partition or m_topic != topic:
-            if current is not None and events:
-                yield current, events, nbytes
-            topic, partition = m_topic, m_partition
-            current = TopicPartition(m_topic, m_partition)
-            events, nbytes = [], 0
-        value = message.value()
+        event = _new_event(Event)
+        event.topic = topic
+        event.partition = partition
+        event.offset = message.offset()
+        event.key = event.decoded_key = message.key()
+        event.value = event.decoded_value = message.value()
+        event.headers = message.headers() or ()
         timestamp_type, timestamp = message.timestamp()
-        events.append(
-            Event(
-                topic=m_topic,
-                partition=m_partition,
-                offset=message.offset(),
-                key=message.key(),
-                value=value,
-                headers=message.headers() or (),
-                timestamp_ms=timestamp if timestamp_type else None,
-                run_id=run_id,
-            )
-        )
-        if value is not None:
-            nbytes += len(value)
-    if current is not None and events:
-        yield current, events, nbytes
+        event.timestamp_ms = timestamp if timestamp_type else None
+        event.run_id = run_id
+        append(event)
+    return events
+
+
+def _value_bytes(messages: Sequence[Any]) -> int:
+    try:
+        return sum(map(len, messages))  # a message's len is its value's
+    except TypeError:
+        return sum(len(v) for m in messages if (v := m.value()) is not None)
 
 
 def is_fatal(error: KafkaError) -> bool:
@@ -145,5 +196,6 @@ __all__ = [
     "consumer_settings",
     "from_kafka",
     "group_by_partition",
+    "split_errors",
     "to_kafka",
 ]

@@ -89,10 +89,14 @@ class Unit:
 
     def next_offset(self) -> int | None:
         """The first unfinished offset, or ``None`` when finished."""
+        # The events first: a worker empties them only after raising
+        # ``done`` to the size (see Dispatcher), so whichever is read here
+        # holds the offset at ``done``, or ``done`` says finished.
+        events = self.events
         done = self.done
-        if done >= self.size:
+        if done >= self.size or done >= len(events):
             return None
-        return self.events[done].offset
+        return events[done].offset
 
 
 @dataclass
