@@ -125,10 +125,14 @@ def targets(results: dict[str, Any]) -> list[dict[str, Any]]:
         add(f"{contender} peak RSS growth, memory-large / memory-small",
             _paired(runs, ("memory-large", contender), ("memory-small", contender),
                     _rss), 1.10, False)
-    per_commit = [r["evalsha_per_commit"] for r in runs
+    per_commit = [float(r["evalsha_per_commit"]) for r in runs
                   if r.get("evalsha_per_commit") is not None]
-    add("EVALSHA calls per commit, every partition count (max)",
-        _stats([max(per_commit)]) if per_commit else None, 1.0, False, "calls")
+    stats = _stats(per_commit)
+    found.append({
+        "target": "EVALSHA calls per commit, every run and partition count",
+        "figure": stats, "limit": 1.0, "at_least": None, "unit": "calls",
+        "met": None if stats is None else stats["min"] == stats["max"] == 1.0,
+    })
     return found
 
 
@@ -181,7 +185,7 @@ def _target_line(target: dict[str, Any]) -> str:
     if target["met"] is None:
         return f"[ n/a ] {target['target']}: not measured"
     mark = "met" if target["met"] else "MISSED"
-    sign = ">=" if target["at_least"] else "<="
+    sign = {True: ">=", False: "<=", None: "=="}[target["at_least"]]
     return (f"[{mark:^6}] {target['target']}: {_fmt(target['figure'], '{:.2f}')} "
             f"(target {sign} {target['limit']})")
 
@@ -203,3 +207,57 @@ def _header(results: dict[str, Any]) -> str:
         "events/s and ratio: median (min-max) over rounds; ratio is to the "
         "scenario's baseline in the same round",
     ])
+
+
+def markdown(results: dict[str, Any], plot_name: str | None = None) -> str:
+    """The results as a Markdown page (what benchmarks/RESULTS.md keeps)."""
+    m, s, v = results["machine"], results["settings"], results["versions"]
+    lines = [
+        "# Benchmark results",
+        "",
+        "Written by the benchmark runner; see docs/benchmarks.md for what each "
+        "figure means.",
+        "",
+        f"- command: `{results['command']}`",
+        f"- started: {results['started_at']}, took {results['duration_s']:.0f} s",
+        f"- machine: {m['cores']} cores, {m['cpu']}, {m['memory_gib']} GiB memory, "
+        f"{m['os']}, Python {m['python']}; load average at the end "
+        f"{m['load_average_at_end']}",
+        f"- broker: {results['services']['kafka']}; Redis: "
+        f"{results['services']['redis']}, version {m['redis_server']}",
+        f"- data: {s['events']:,} events of {s['size']} bytes per data set "
+        f"(memory-large: {s['memory_events']:,}), {s['rounds']} interleaved "
+        f"round(s); librdkafka settings `{s['librdkafka']}`",
+        "- versions: " + ", ".join(f"{k} {v[k]}" for k in sorted(v)),
+        "",
+        "Medians over rounds, with (min-max); the ratio is to the scenario's "
+        "baseline measured in the same round.",
+        "",
+        "| scenario | contender | events/s | ratio | CPU s per M events | "
+        "peak RSS MB | commit p50 / p99 ms | EVALSHA per commit |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for entry in results["summary"]:
+        if "not_run" in entry and not entry["events_per_s"]:
+            lines.append(f"| {entry['scenario']} | {entry['contender']} | not run: "
+                         f"{entry['not_run']} | | | | | |")
+            continue
+        commit = "-"
+        if entry["commit_p50_ms"]:
+            commit = (_fmt(entry["commit_p50_ms"], "{:.2f}", False) + " / "
+                      + _fmt(entry["commit_p99_ms"], "{:.2f}", False))
+        cells = [
+            entry["scenario"], entry["contender"],
+            _fmt(entry["events_per_s"], "{:,.0f}"), _fmt(entry["ratio"], "{:.2f}"),
+            _fmt(entry["cpu_s_per_million"], "{:.2f}", False),
+            _fmt(entry["peak_rss_mb"], "{:.0f}", False), commit,
+            _fmt(entry["evalsha_per_commit"], "{:.2f}", False),
+        ]
+        lines.append("| " + " | ".join(cells) + " |")
+        for error in entry.get("errors", []):
+            lines.append(f"| | failed run: {error} | | | | | | |")
+    lines += ["", "## Targets", ""]
+    lines += [f"- {_target_line(t)}" for t in results["targets"]]
+    if plot_name:
+        lines += ["", f"![ratios to the baseline]({plot_name})"]
+    return "\n".join(lines) + "\n"

@@ -32,6 +32,7 @@ from benchmarks.scenarios import scenarios as make_scenarios
 from streamcp.services import KafkaService, provide_local_kafka, provide_local_redis
 
 HERE = Path(__file__).resolve().parent
+REPO = HERE.parent
 CONTENDER_DIR = HERE / "contenders"
 RESULT_MARK = "BENCH-RESULT "
 
@@ -72,6 +73,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--plot", type=Path, help="write the ratio plot here "
                         "(default: OUT_DIR/ratios.png)")
     parser.add_argument("--no-plot", action="store_true")
+    parser.add_argument("--markdown", type=Path, help="also write the results as "
+                        "Markdown here (the full run keeps benchmarks/RESULTS.md)")
     args = parser.parse_args(argv)
     if args.quick:
         args.no_peers = True
@@ -141,6 +144,10 @@ def run_contender(contender: Contender, python: Path, spec: dict[str, Any],
     """One process; its result, or ``{"error": ...}``. Never raises."""
     command = [str(python), str(CONTENDER_DIR / contender.script), json.dumps(spec)]
     env = dict(os.environ, PYTHONUNBUFFERED="1")
+    if not contender.venv:
+        # The streamcp of this tree, whatever else the interpreter finds.
+        env["PYTHONPATH"] = os.pathsep.join(
+            p for p in (str(REPO), env.get("PYTHONPATH", "")) if p)
     workdir.mkdir(parents=True, exist_ok=True)
     log_path = workdir / f"{spec['group']}.log"
     started = time.monotonic()
@@ -287,30 +294,37 @@ def main(argv: list[str] | None = None) -> int:
     json_path.parent.mkdir(parents=True, exist_ok=True)
     json_path.write_text(json.dumps(results, indent=2))
     log(f"results: {json_path}")
-    if not args.no_plot:
-        plot(args, json_path, pythons)
+    drawn = None if args.no_plot else plot(args, json_path)
+    if args.markdown:
+        beside = drawn is not None and (
+            drawn.parent.resolve() == args.markdown.parent.resolve())
+        name = drawn.name if drawn is not None and beside else None
+        args.markdown.write_text(report.markdown(results, name))
+        log(f"markdown: {args.markdown}")
     failed = [r for r in results["runs"] if "error" in r]
     return 1 if failed else 0
 
 
-def plot(args: argparse.Namespace, json_path: Path, pythons: dict[str, Any]) -> None:
+def plot(args: argparse.Namespace, json_path: Path) -> Path | None:
+    """Draw the ratio plot; its path, or None when it could not be drawn."""
     target = args.plot or args.out_dir / "ratios.png"
     python: Path | None = Path(sys.executable)
     if importlib.util.find_spec("matplotlib") is None:
         if args.quick:
             log("plot not drawn: matplotlib is not installed (pip install matplotlib)")
-            return
+            return None
         env = venvs.ensure("plot", args.cache_dir)
         python = env.python
         if python is None:
             log(f"plot not drawn: {env.error}")
-            return
+            return None
     done = subprocess.run([str(python), str(HERE / "plot.py"), str(json_path),  # noqa: S603
                            str(target)], capture_output=True, text=True, check=False)
     if done.returncode != 0:
         log(f"plot not drawn: {done.stderr.strip().splitlines()[-1:]}")
-        return
+        return None
     log(f"plot: {target}")
+    return target
 
 
 if __name__ == "__main__":

@@ -27,6 +27,7 @@ from typing import Any
 import redis
 from common import Meter, emit, load_spec
 
+from streamcp.cli import freeze_startup_objects
 from streamcp.config import Config, build_config
 from streamcp.events import Event
 from streamcp.handlers import build
@@ -215,6 +216,8 @@ def main() -> None:
     probe = client if spec.get("count_round_trips") else None
     store = TimedStore(RedisCheckpointStore.from_url(
         config.redis.url, key_prefix=config.redis.key_prefix), probe)
+    if not spec.get("no_freeze"):
+        freeze_startup_objects()  # as `streamcp run` and `streamcp replay` do
     if spec["mode"] == "replay":
         status = run_replay(config, store, counting, spec)
     else:
