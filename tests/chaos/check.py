@@ -41,6 +41,8 @@ from tests.chaos.faults import GRACEFUL, Episode, log_events
 from tests.chaos.handler import Call
 
 SAMPLE = 5  # how many examples of a violation the report quotes
+# Episodes that kill -9 an instance: "per crash" figures are over these.
+CRASHES = ("kill", "kill_in_outage")
 
 
 @dataclass
@@ -156,7 +158,8 @@ def _check_history(run: RunRecords, report: Report) -> None:
         stale += audit[1]
         into_empty += audit[2]
     report.figures["history entries read"] = entries
-    report.figures["redis lifetimes (history segments)"] = len(run.history_segments)
+    report.figures["history segments (Redis lifetimes, groups)"] = len(
+        run.history_segments)
     report.figures["checkpoint regressions"] = len(regressions)
     report.figures["stale commits accepted"] = len(stale)
     if regressions:
@@ -279,11 +282,16 @@ def _check_duplicates(run: RunRecords, handled: Sequence[Call],
         elif count > bound:
             report.fail(f"{count} duplicates from pid {pid} in one {episode.kind} "
                         f"episode, over the bound of {bound}")
-    crash_counts = [per_episode[i] for i, e in enumerate(episodes) if e.kind == "kill"]
+    crash_counts = [per_episode[i] for i, e in enumerate(episodes)
+                    if e.kind in CRASHES]
     report.figures["duplicates (handled more than once)"] = total
     for kind in sorted(by_kind):
         report.figures[f"duplicates after {kind}"] = by_kind[kind]
     report.figures["max duplicates per crash"] = max(crash_counts, default=0)
+    for kind in CRASHES:
+        worst = max((per_episode[i] for i, e in enumerate(episodes) if e.kind == kind),
+                    default=0)
+        report.figures[f"max duplicates per crash ({kind})"] = worst
     report.figures["mean duplicates per crash"] = (
         round(sum(crash_counts) / len(crash_counts), 1) if crash_counts else 0)
     report.figures["duplicates bound per instance and episode"] = bound

@@ -19,7 +19,7 @@ from typing import Any
 from tests.chaos.cluster import Cluster, Instance
 
 KINDS = ("kill", "rebalance", "zombie", "redis_outage", "redis_crash",
-         "store_loss", "broker_freeze")
+         "store_loss", "broker_freeze", "kill_in_outage")
 # Kinds whose hand-overs are graceful: the commit policy allows no
 # duplicate at all for them (revocation and shutdown commit first).
 GRACEFUL = ("rebalance",)
@@ -285,6 +285,22 @@ class Injector:
         time.sleep(down_s)
         redis.start()
         episode.detail = f"kill -9, {down_s:.1f}s down, restarted with its data"
+
+    def _kill_in_outage(self, episode: Episode) -> None:
+        """Redis stopped long enough for uncommitted work to pile up to the
+        in-flight bound, then ``kill -9`` of an instance: the worst case
+        the duplicate bound is there for."""
+        redis = self.cluster.redis
+        assert redis is not None
+        victim = self.rng.choice(self.cluster.alive())
+        episode.pids = (victim.pid,)
+        redis.stop()
+        time.sleep(self.rng.uniform(2.0, 5.0))
+        self.cluster.kill(victim)
+        redis.start()
+        fresh = self.cluster.add_instance()
+        episode.detail = f"Redis stopped, killed {victim.name}, started {fresh.name}"
+        self._await_assigned(fresh, fresh.started_at)
 
     def _broker_freeze(self, episode: Episode) -> None:
         kafka = self.cluster.kafka

@@ -30,12 +30,12 @@ from tests.chaos.handler import read_calls
 # One of each kind, and two crashes: the short mode's deck.
 SHORT_DECK: Mapping[str, int] = {
     "kill": 2, "rebalance": 1, "zombie": 1, "redis_outage": 1,
-    "redis_crash": 1, "store_loss": 1, "broker_freeze": 1,
+    "redis_crash": 1, "store_loss": 1, "broker_freeze": 1, "kill_in_outage": 1,
 }
 # About 3.5 minutes of episodes per deck with the default gaps.
 LONG_DECK: Mapping[str, int] = {
     "kill": 7, "rebalance": 2, "zombie": 1, "redis_outage": 3,
-    "redis_crash": 1, "store_loss": 1, "broker_freeze": 1,
+    "redis_crash": 1, "store_loss": 1, "broker_freeze": 1, "kill_in_outage": 1,
 }
 # What a soak must reach whatever its duration.
 LONG_MINIMUM: Mapping[str, int] = {"kill": 30, "redis_outage": 10, "zombie": 5}
