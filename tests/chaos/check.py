@@ -151,6 +151,9 @@ def _check_history(run: RunRecords, report: Report) -> None:
     last: dict[TopicPartition, int | None] = {}
     for number, segment in enumerate(run.history_segments):
         entries += len(segment)
+        if segment and segment[0].kind not in ("claim", "operator"):
+            report.fail(f"history segment {number} starts with a {segment[0].kind} "
+                        f"entry: the stream was trimmed, the audit is incomplete")
         regressions += _restored_lower(segment, last)
         last = _final_offsets(segment, last)
         audit = _audit_segment(segment, after_loss=number > 0)
