@@ -113,6 +113,7 @@ class Injector:
         self.leaves = 0
 
     def inject(self, kind: str) -> Episode:
+        """Run one episode of ``kind`` and wait for the group to settle."""
         episode = Episode(kind, time.time())
         getattr(self, f"_{kind}")(episode)
         if not episode.ended_at:
@@ -123,6 +124,7 @@ class Injector:
         return episode
 
     def settle(self, episode: Episode) -> None:
+        """Wait (bounded) until the group settled after ``episode``."""
         deadline = time.monotonic() + SETTLE_TIMEOUT_S
         stall_at = time.monotonic() + 1.0
         while time.monotonic() < deadline:
@@ -159,6 +161,8 @@ class Injector:
         return True
 
     def quiet_since(self, since: float) -> bool:
+        """Every partition owned by a live instance and committed after
+        ``since`` (Unix time)."""
         checkpoints = self.cluster.checkpoints()
         if checkpoints is None or len(checkpoints) < self.cluster.settings.partitions:
             return False
