@@ -53,36 +53,67 @@ def listeners() -> Iterator[tuple[Listener, Listener]]:
 
 
 BAD_CONFIGS = [
-    pytest.param(["--set", "commit.every_events=0", "--set", "commit.every_seconds=0"],
-                 "commit.every_events", id="n-and-t-disabled"),
-    pytest.param(["--set", "commit.every_events=-5"], "commit.every_events",
-                 id="negative-events"),
-    pytest.param(["--set", "commit.every_seconds=-1"], "commit.every_seconds",
-                 id="negative-seconds"),
-    pytest.param(["--set", "commit.every_events=lots"], "commit.every_events",
-                 id="non-numeric-events"),
-    pytest.param(["--set", "consumer.batch_size=0"], "consumer.batch_size",
-                 id="zero-batch"),
-    pytest.param(["--set", "consumer.max_in_flight_events=ten"],
-                 "consumer.max_in_flight_events", id="non-numeric-bound"),
-    pytest.param(["--handler", "no_such_module:handle"], "handler.name",
-                 id="unknown-module-handler"),
-    pytest.param(["--handler", "no-such-entry-point"], "handler.name",
-                 id="unknown-entry-point"),
-    pytest.param(["--handler", "wikistats"], "handler.options.redis_url",
-                 id="missing-option"),
-    pytest.param(["--set", "kafka.properties.'enable.auto.commit'=true"],
-                 "kafka.properties.'enable.auto.commit'", id="auto-commit-on"),
-    pytest.param(["--set", "kafka.properties.'enable.auto.offset.store'=true"],
-                 "kafka.properties.'enable.auto.offset.store'", id="offset-store-on"),
-    pytest.param(["--set", "consumer.start_policy=middle"], "consumer.start_policy",
-                 id="unknown-start-policy"),
-    pytest.param(["--set", "kafka.assignor=sticky-ish"], "kafka.assignor",
-                 id="unknown-assignor"),
-    pytest.param(["--set", "commit.every_evnts=5"], "commit.every_evnts",
-                 id="misspelt-field"),
-    pytest.param(["--set", "kafka.topic_pattern=^wiki"], "kafka.topics",
-                 id="topics-and-pattern"),
+    pytest.param(
+        ["--set", "commit.every_events=0", "--set", "commit.every_seconds=0"],
+        "commit.every_events",
+        id="n-and-t-disabled",
+    ),
+    pytest.param(
+        ["--set", "commit.every_events=-5"], "commit.every_events", id="negative-events"
+    ),
+    pytest.param(
+        ["--set", "commit.every_seconds=-1"],
+        "commit.every_seconds",
+        id="negative-seconds",
+    ),
+    pytest.param(
+        ["--set", "commit.every_events=lots"],
+        "commit.every_events",
+        id="non-numeric-events",
+    ),
+    pytest.param(
+        ["--set", "consumer.batch_size=0"], "consumer.batch_size", id="zero-batch"
+    ),
+    pytest.param(
+        ["--set", "consumer.max_in_flight_events=ten"],
+        "consumer.max_in_flight_events",
+        id="non-numeric-bound",
+    ),
+    pytest.param(
+        ["--handler", "no_such_module:handle"],
+        "handler.name",
+        id="unknown-module-handler",
+    ),
+    pytest.param(
+        ["--handler", "no-such-entry-point"], "handler.name", id="unknown-entry-point"
+    ),
+    pytest.param(
+        ["--handler", "wikistats"], "handler.options.redis_url", id="missing-option"
+    ),
+    pytest.param(
+        ["--set", "kafka.properties.'enable.auto.commit'=true"],
+        "kafka.properties.'enable.auto.commit'",
+        id="auto-commit-on",
+    ),
+    pytest.param(
+        ["--set", "kafka.properties.'enable.auto.offset.store'=true"],
+        "kafka.properties.'enable.auto.offset.store'",
+        id="offset-store-on",
+    ),
+    pytest.param(
+        ["--set", "consumer.start_policy=middle"],
+        "consumer.start_policy",
+        id="unknown-start-policy",
+    ),
+    pytest.param(
+        ["--set", "kafka.assignor=sticky-ish"], "kafka.assignor", id="unknown-assignor"
+    ),
+    pytest.param(
+        ["--set", "commit.every_evnts=5"], "commit.every_evnts", id="misspelt-field"
+    ),
+    pytest.param(
+        ["--set", "kafka.topic_pattern=^wiki"], "kafka.topics", id="topics-and-pattern"
+    ),
     pytest.param(["--group", "a{b}"], "kafka.group_id", id="group-with-hash-tag"),
 ]
 
@@ -94,9 +125,17 @@ def test_bad_configuration_exits_2_naming_the_field_before_connecting(
     """Each bad configuration is refused with its field named and exit status 2,
     and nothing connects to the broker or Redis."""
     kafka, redis = listeners
-    base = ["run", "--bootstrap-servers", f"127.0.0.1:{kafka.port}",
-            "--redis-url", f"redis://127.0.0.1:{redis.port}/0",
-            "--topic", "events", "--handler", "tests.unit.test_tracker:events"]
+    base = [
+        "run",
+        "--bootstrap-servers",
+        f"127.0.0.1:{kafka.port}",
+        "--redis-url",
+        f"redis://127.0.0.1:{redis.port}/0",
+        "--topic",
+        "events",
+        "--handler",
+        "tests.unit.test_tracker:events",
+    ]
     result = CliRunner().invoke(main, base + args)
     assert result.exit_code == 2, result.output
     assert field in result.output
@@ -124,13 +163,16 @@ def test_wrong_type_in_file_names_the_field(tmp_path: Path) -> None:
     assert "commit.every_seconds" in result.output
 
 
-def test_environment_overrides_file_and_flag_overrides_environment(tmp_path: Path) -> None:
+def test_environment_overrides_file_and_flag_overrides_environment(
+    tmp_path: Path,
+) -> None:
     """File < STREAMCP_SECTION__FIELD < CLI flag, for the same field."""
     from streamcp.config import load_config
 
     path = tmp_path / "c.toml"
-    path.write_text('[kafka]\ntopics = ["a"]\ngroup_id = "from-file"\n'
-                    '[handler]\nname = "x:y"\n')
+    path.write_text(
+        '[kafka]\ntopics = ["a"]\ngroup_id = "from-file"\n[handler]\nname = "x:y"\n'
+    )
     env = {"STREAMCP_KAFKA__GROUP_ID": "from-env", "STREAMCP_COMMIT__EVERY_EVENTS": "7"}
     config = load_config(path, environ=env)
     assert (config.kafka.group_id, config.commit.every_events) == ("from-env", 7)
@@ -141,9 +183,24 @@ def test_environment_overrides_file_and_flag_overrides_environment(tmp_path: Pat
 def test_real_process_exits_2_on_bad_configuration() -> None:
     """The installed console entry point, not only the click runner, exits 2."""
     proc = subprocess.run(
-        [sys.executable, "-m", "streamcp.cli", "run", "--topic", "a", "--handler",
-         "x:y", "--set", "commit.every_events=0", "--set", "commit.every_seconds=0"],
-        capture_output=True, text=True, timeout=60, check=False,
+        [
+            sys.executable,
+            "-m",
+            "streamcp.cli",
+            "run",
+            "--topic",
+            "a",
+            "--handler",
+            "x:y",
+            "--set",
+            "commit.every_events=0",
+            "--set",
+            "commit.every_seconds=0",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
     )
     assert proc.returncode == 2
     assert "commit.every_events" in proc.stderr

@@ -24,8 +24,9 @@ from streamcp.services import produce_records
 REPO = Path(__file__).resolve().parents[2]
 
 
-def wait_for(predicate: Callable[[], Any], timeout_s: float = 30.0,
-             what: str = "condition") -> Any:
+def wait_for(
+    predicate: Callable[[], Any], timeout_s: float = 30.0, what: str = "condition"
+) -> Any:
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
         result = predicate()
@@ -35,11 +36,21 @@ def wait_for(predicate: Callable[[], Any], timeout_s: float = 30.0,
     raise AssertionError(f"timed out after {timeout_s}s waiting for {what}")
 
 
-def raw_config(bootstrap: str, redis_url: str, key_prefix: str, topic: str,
-               group: str, **sections: Mapping[str, Any]) -> dict[str, Any]:
+def raw_config(
+    bootstrap: str,
+    redis_url: str,
+    key_prefix: str,
+    topic: str,
+    group: str,
+    **sections: Mapping[str, Any],
+) -> dict[str, Any]:
     raw: dict[str, Any] = {
-        "kafka": {"bootstrap_servers": bootstrap, "group_id": group, "topics": [topic],
-                  "session_timeout_ms": 6000},
+        "kafka": {
+            "bootstrap_servers": bootstrap,
+            "group_id": group,
+            "topics": [topic],
+            "session_timeout_ms": 6000,
+        },
         "redis": {"url": redis_url, "key_prefix": key_prefix},
         "commit": {"every_events": 1000, "every_seconds": 1.0},
         "consumer": {"poll_timeout_s": 0.05, "drain_timeout_s": 5.0},
@@ -53,8 +64,9 @@ def raw_config(bootstrap: str, redis_url: str, key_prefix: str, topic: str,
     return raw
 
 
-def produce(bootstrap: str, topic: str, partitions: int, per_partition: int,
-            start: int = 0) -> None:
+def produce(
+    bootstrap: str, topic: str, partitions: int, per_partition: int, start: int = 0
+) -> None:
     records = [
         (f"k{i}".encode(), f"v-{p}-{i}".encode(), None, p)
         for i in range(start, start + per_partition)
@@ -66,16 +78,26 @@ def produce(bootstrap: str, topic: str, partitions: int, per_partition: int,
 class ServiceThread:
     """A :class:`Service` running in a thread of the test process."""
 
-    def __init__(self, config: Config, handler: Any, *,
-                 stop_when_caught_up: bool = False,
-                 policy: Mapping[str, Any] | None = None) -> None:
+    def __init__(
+        self,
+        config: Config,
+        handler: Any,
+        *,
+        stop_when_caught_up: bool = False,
+        policy: Mapping[str, Any] | None = None,
+    ) -> None:
         self.store = RedisCheckpointStore.from_url(
-            config.redis.url, key_prefix=config.redis.key_prefix)
+            config.redis.url, key_prefix=config.redis.key_prefix
+        )
         built = build(handler, {}, name="test-handler")
         built.policy = failure_policy(handler, policy or {})
         router = HandlerRouter(built)
-        self.service = Service(config, store=self.store, router=router,
-                               stop_when_caught_up=stop_when_caught_up)
+        self.service = Service(
+            config,
+            store=self.store,
+            router=router,
+            stop_when_caught_up=stop_when_caught_up,
+        )
         self.status: int | None = None
         self._thread = threading.Thread(target=self._run, daemon=True)
 
@@ -115,7 +137,9 @@ def _toml(raw: Mapping[str, Any], prefix: str = "") -> str:
             name = f"{prefix}.{key}" if prefix else key
             tables.append(f"[{name}]\n" + _toml(value, name))
         else:
-            scalars.append(f"{json.dumps(key) if '.' in key else key} = {json.dumps(value)}")
+            scalars.append(
+                f"{json.dumps(key) if '.' in key else key} = {json.dumps(value)}"
+            )
     body = "\n".join(scalars) + ("\n" if scalars else "")
     return body + "\n".join(tables)
 
@@ -129,9 +153,19 @@ class ServiceProcess:
         env["PYTHONPATH"] = str(REPO)
         self._log = log_path.open("ab")
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "streamcp.cli", "run", "--config", str(config_path),
-             *extra],
-            stdout=self._log, stderr=self._log, env=env, cwd=REPO,
+            [
+                sys.executable,
+                "-m",
+                "streamcp.cli",
+                "run",
+                "--config",
+                str(config_path),
+                *extra,
+            ],
+            stdout=self._log,
+            stderr=self._log,
+            env=env,
+            cwd=REPO,
             start_new_session=True,
         )
         self.pid = self.proc.pid

@@ -33,26 +33,41 @@ class Collect:
             self.seen.append((event.partition, event.offset))
 
 
-def _setup(broker: KafkaService, redis_service: RedisService, key_prefix: str,
-           topic: str, **sections: Any) -> tuple[Any, RedisCheckpointStore, str]:
+def _setup(
+    broker: KafkaService,
+    redis_service: RedisService,
+    key_prefix: str,
+    topic: str,
+    **sections: Any,
+) -> tuple[Any, RedisCheckpointStore, str]:
     group = f"g-{uuid.uuid4().hex[:8]}"
-    raw = raw_config(broker.bootstrap_servers, redis_service.url, key_prefix, topic,
-                     group, **sections)
+    raw = raw_config(
+        broker.bootstrap_servers,
+        redis_service.url,
+        key_prefix,
+        topic,
+        group,
+        **sections,
+    )
     store = RedisCheckpointStore.from_url(redis_service.url, key_prefix=key_prefix)
     return config_from(raw), store, group
 
 
 @pytest.mark.parametrize("assignor", ["range", "roundrobin", "cooperative-sticky"])
 def test_single_consumer_with_each_assignor_commits_every_partition(
-    kafka: KafkaService, redis_service: RedisService, key_prefix: str,
-    topic_factory: Callable[..., str], assignor: str,
+    kafka: KafkaService,
+    redis_service: RedisService,
+    key_prefix: str,
+    topic_factory: Callable[..., str],
+    assignor: str,
 ) -> None:
     """One consumer with the given assignor handles every event and stops with
     each checkpoint at the partition's end."""
     topic = topic_factory(3)
     produce(kafka.bootstrap_servers, topic, 3, 5)
-    config, store, group = _setup(kafka, redis_service, key_prefix, topic,
-                                  kafka={"assignor": assignor})
+    config, store, group = _setup(
+        kafka, redis_service, key_prefix, topic, kafka={"assignor": assignor}
+    )
     handler = Collect()
     with ServiceThread(config, handler, stop_when_caught_up=True) as service:
         assert service.join(60) == 0
@@ -62,7 +77,9 @@ def test_single_consumer_with_each_assignor_commits_every_partition(
 
 @pytest.mark.apache_kafka
 def test_cooperative_hand_over_moves_partitions_without_duplicates(
-    kafka: KafkaService, redis_service: RedisService, key_prefix: str,
+    kafka: KafkaService,
+    redis_service: RedisService,
+    key_prefix: str,
     topic_factory: Callable[..., str],
 ) -> None:
     """With cooperative-sticky, a joining consumer receives partitions revoked
@@ -70,17 +87,24 @@ def test_cooperative_hand_over_moves_partitions_without_duplicates(
     once."""
     topic = topic_factory(4)
     produce(kafka.bootstrap_servers, topic, 4, 10)
-    sections = {"kafka": {"assignor": "cooperative-sticky"},
-                "commit": {"every_events": 100_000, "every_seconds": 3600}}
+    sections = {
+        "kafka": {"assignor": "cooperative-sticky"},
+        "commit": {"every_events": 100_000, "every_seconds": 3600},
+    }
     config, store, group = _setup(kafka, redis_service, key_prefix, topic, **sections)
     first, second = Collect(), Collect()
     with ServiceThread(config, first):
         wait_for(lambda: len(first.seen) == 40, what="first consumer handled all")
         with ServiceThread(config, second):
-            wait_for(lambda: len({cp.owner for cp in store.read(group).values()}) == 2,
-                     timeout_s=60, what="partitions shared by both consumers")
+            wait_for(
+                lambda: len({cp.owner for cp in store.read(group).values()}) == 2,
+                timeout_s=60,
+                what="partitions shared by both consumers",
+            )
             produce(kafka.bootstrap_servers, topic, 4, 5, start=10)
-            wait_for(lambda: len(first.seen) + len(second.seen) == 60, what="all handled")
+            wait_for(
+                lambda: len(first.seen) + len(second.seen) == 60, what="all handled"
+            )
     handled = first.seen + second.seen
     assert len(handled) == len(set(handled)) == 60
     assert second.seen
@@ -88,15 +112,21 @@ def test_cooperative_hand_over_moves_partitions_without_duplicates(
 
 @pytest.mark.apache_kafka
 def test_read_committed_never_delivers_aborted_records(
-    kafka: KafkaService, redis_service: RedisService, key_prefix: str,
+    kafka: KafkaService,
+    redis_service: RedisService,
+    key_prefix: str,
     topic_factory: Callable[..., str],
 ) -> None:
     """With the default isolation level, records of an aborted transaction are
     not handed to the handler; committed ones are, and the checkpoint passes
     the transaction markers."""
     topic = topic_factory(1)
-    producer = confluent_kafka.Producer({"bootstrap.servers": kafka.bootstrap_servers,
-                                         "transactional.id": f"tx-{uuid.uuid4().hex}"})
+    producer = confluent_kafka.Producer(
+        {
+            "bootstrap.servers": kafka.bootstrap_servers,
+            "transactional.id": f"tx-{uuid.uuid4().hex}",
+        }
+    )
     producer.init_transactions(30)
     producer.begin_transaction()
     producer.produce(topic, value=b"aborted", partition=0)
@@ -108,6 +138,8 @@ def test_read_committed_never_delivers_aborted_records(
     values: list[bytes | None] = []
     with ServiceThread(config, lambda event: values.append(event.value)):
         wait_for(lambda: values == [b"committed"], what="the committed record")
-        wait_for(lambda: (checkpoints(store, group).get(0) or 0) >= 3,
-                 what="checkpoint past the committed record")
+        wait_for(
+            lambda: (checkpoints(store, group).get(0) or 0) >= 3,
+            what="checkpoint past the committed record",
+        )
     assert values == [b"committed"]

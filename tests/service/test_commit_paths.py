@@ -4,46 +4,25 @@ from __future__ import annotations
 
 import signal
 import threading
-import uuid
-from collections.abc import Callable
-from pathlib import Path
 from typing import Any
-
-import pytest
 
 from streamcp.events import Event
 from streamcp.redis_store import RedisCheckpointStore
-from streamcp.services import KafkaService, RedisService
 from streamcp.store import Owner
 from tests.recorder import offsets_by_partition, read_handled
+from tests.service.conftest import raw_for
 from tests.service.harness import (
     ServiceProcess,
     ServiceThread,
     checkpoints,
     config_from,
     produce,
-    raw_config,
     tp,
     wait_for,
     write_config,
 )
 
-
-@pytest.fixture
-def setup(
-    kafka: KafkaService, redis_service: RedisService, key_prefix: str,
-    topic_factory: Callable[..., str], tmp_path: Path,
-) -> dict[str, Any]:
-    topic = topic_factory(3)
-    group = f"g-{uuid.uuid4().hex[:8]}"
-    store = RedisCheckpointStore.from_url(redis_service.url, key_prefix=key_prefix)
-    return {"kafka": kafka, "redis": redis_service, "prefix": key_prefix,
-            "topic": topic, "group": group, "store": store, "tmp": tmp_path}
-
-
-def _raw(s: dict[str, Any], **sections: Any) -> dict[str, Any]:
-    return raw_config(s["kafka"].bootstrap_servers, s["redis"].url, s["prefix"],
-                      s["topic"], s["group"], **sections)
+_raw = raw_for
 
 
 class Collect:
@@ -68,8 +47,13 @@ def test_periodic_commit_every_n_events_is_last_succeeded_plus_one(
     handler = Collect()
     with ServiceThread(config, handler):
         wait_for(lambda: len(handler.seen) == 60, what="60 events handled")
-        wait_for(lambda: checkpoints(setup["store"], setup["group"]) == {0: 20, 1: 20, 2: 20},
-                 timeout_s=10, what="checkpoints at 20 while running (T is an hour)")
+        wait_for(
+            lambda: (
+                checkpoints(setup["store"], setup["group"]) == {0: 20, 1: 20, 2: 20}
+            ),
+            timeout_s=10,
+            what="checkpoints at 20 while running (T is an hour)",
+        )
 
 
 def test_idle_partition_is_committed_within_t_without_new_events(
@@ -82,8 +66,11 @@ def test_idle_partition_is_committed_within_t_without_new_events(
         wait_for(lambda: len(setup["store"].read(setup["group"])) == 3, what="claims")
         produce(setup["kafka"].bootstrap_servers, setup["topic"], 3, 4)
         wait_for(lambda: len(handler.seen) == 12, what="12 events handled")
-        wait_for(lambda: checkpoints(setup["store"], setup["group"]) == {0: 4, 1: 4, 2: 4},
-                 timeout_s=2.5, what="idle commit within T")
+        wait_for(
+            lambda: checkpoints(setup["store"], setup["group"]) == {0: 4, 1: 4, 2: 4},
+            timeout_s=2.5,
+            what="idle commit within T",
+        )
 
 
 def test_sigterm_commits_last_succeeded_plus_one_and_exits_0(
@@ -93,12 +80,21 @@ def test_sigterm_commits_last_succeeded_plus_one_and_exits_0(
     and its checkpoints equal each partition's last handled offset plus one."""
     produce(setup["kafka"].bootstrap_servers, setup["topic"], 3, 10)
     record = setup["tmp"] / "handled.txt"
-    raw = _raw(setup, commit={"every_events": 100_000, "every_seconds": 3600},
-               handler={"options": {"path": str(record)}})
-    proc = ServiceProcess(write_config(setup["tmp"] / "c.toml", raw), setup["tmp"] / "log")
+    raw = _raw(
+        setup,
+        commit={"every_events": 100_000, "every_seconds": 3600},
+        handler={"options": {"path": str(record)}},
+    )
+    proc = ServiceProcess(
+        write_config(setup["tmp"] / "c.toml", raw), setup["tmp"] / "log"
+    )
     try:
         wait_for(lambda: len(read_handled(record)) == 30, what="30 events handled")
-        assert checkpoints(setup["store"], setup["group"]) == {0: None, 1: None, 2: None}
+        assert checkpoints(setup["store"], setup["group"]) == {
+            0: None,
+            1: None,
+            2: None,
+        }
         proc.signal(signal.SIGTERM)
         assert proc.wait(30) == 0
     finally:
@@ -116,15 +112,26 @@ def test_revocation_commits_before_the_partition_moves(setup: dict[str, Any]) ->
     first, second = Collect(), Collect()
     with ServiceThread(config_from(_raw(setup, commit=never)), first) as one:
         wait_for(lambda: len(first.seen) == 30, what="first consumer handled 30")
-        assert all(v is None for v in checkpoints(setup["store"], setup["group"]).values())
+        assert all(
+            v is None for v in checkpoints(setup["store"], setup["group"]).values()
+        )
         with ServiceThread(config_from(_raw(setup, commit=never)), second) as two:
-            wait_for(lambda: checkpoints(setup["store"], setup["group"])
-                     == {0: 10, 1: 10, 2: 10}, what="revocation commit")
+            wait_for(
+                lambda: (
+                    checkpoints(setup["store"], setup["group"]) == {0: 10, 1: 10, 2: 10}
+                ),
+                what="revocation commit",
+            )
             produce(setup["kafka"].bootstrap_servers, setup["topic"], 3, 5, start=10)
-            wait_for(lambda: len(first.seen) + len(second.seen) == 45, what="45 handled")
+            wait_for(
+                lambda: len(first.seen) + len(second.seen) == 45, what="45 handled"
+            )
             assert second.seen, "the newcomer got no partition"
             owners = {cp.owner for cp in setup["store"].read(setup["group"]).values()}
-            assert owners == {one.service.owner.instance_id, two.service.owner.instance_id}
+            assert owners == {
+                one.service.owner.instance_id,
+                two.service.owner.instance_id,
+            }
     handled = first.seen + second.seen
     assert len(handled) == len(set(handled)) == 45
 
@@ -153,6 +160,11 @@ def test_claim_records_this_consumer_as_owner_with_a_new_epoch(
     store.claim(setup["group"], [tp(setup["topic"], p) for p in range(3)], other)
     config = config_from(_raw(setup))
     with ServiceThread(config, Collect()) as service:
-        wait_for(lambda: {cp.owner for cp in store.read(setup["group"]).values()}
-                 == {service.service.owner.instance_id}, what="claimed")
+        wait_for(
+            lambda: (
+                {cp.owner for cp in store.read(setup["group"]).values()}
+                == {service.service.owner.instance_id}
+            ),
+            what="claimed",
+        )
         assert {cp.epoch for cp in store.read(setup["group"]).values()} == {2}

@@ -5,7 +5,6 @@ from __future__ import annotations
 import threading
 import time
 import uuid
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -15,9 +14,9 @@ from click.testing import CliRunner
 
 from streamcp.cli import main
 from streamcp.events import Event
-from streamcp.redis_store import RedisCheckpointStore
-from streamcp.services import KafkaService, RedisService, produce_records
+from streamcp.services import produce_records
 from tests.recorder import read_handled
+from tests.service.conftest import raw_for
 from tests.service.harness import (
     ServiceProcess,
     ServiceThread,
@@ -31,29 +30,18 @@ from tests.service.harness import (
 )
 
 
-@pytest.fixture
-def setup(
-    kafka: KafkaService, redis_service: RedisService, key_prefix: str,
-    topic_factory: Callable[..., str], tmp_path: Path,
-) -> dict[str, Any]:
-    topic = topic_factory(3)
-    group = f"g-{uuid.uuid4().hex[:8]}"
-    store = RedisCheckpointStore.from_url(redis_service.url, key_prefix=key_prefix)
-    return {"kafka": kafka, "redis": redis_service, "prefix": key_prefix,
-            "topic": topic, "group": group, "store": store, "tmp": tmp_path,
-            "topic_factory": topic_factory}
-
-
 def _config(s: dict[str, Any], **sections: Any) -> Any:
-    return config_from(raw_config(s["kafka"].bootstrap_servers, s["redis"].url,
-                                  s["prefix"], s["topic"], s["group"], **sections))
+    return config_from(raw_for(s, **sections))
 
 
 class Flaky:
     """Fails chosen events a number of times, then lets them through."""
 
-    def __init__(self, failures: dict[tuple[int, int], int],
-                 error: type[Exception] = RuntimeError) -> None:
+    def __init__(
+        self,
+        failures: dict[tuple[int, int], int],
+        error: type[Exception] = RuntimeError,
+    ) -> None:
         self.remaining = dict(failures)
         self.error = error
         self.calls: list[tuple[int, int]] = []
@@ -71,10 +59,15 @@ class Flaky:
 
 
 def consume_all(bootstrap: str, topic: str, expected: int) -> list[Any]:
-    consumer = confluent_kafka.Consumer({
-        "bootstrap.servers": bootstrap, "group.id": f"reader-{uuid.uuid4().hex[:6]}",
-        "auto.offset.reset": "earliest", "enable.auto.commit": False,
-        "session.timeout.ms": 6000})
+    consumer = confluent_kafka.Consumer(
+        {
+            "bootstrap.servers": bootstrap,
+            "group.id": f"reader-{uuid.uuid4().hex[:6]}",
+            "auto.offset.reset": "earliest",
+            "enable.auto.commit": False,
+            "session.timeout.ms": 6000,
+        }
+    )
     consumer.subscribe([topic])
     found: list[Any] = []
     deadline = time.monotonic() + 30
@@ -94,16 +87,23 @@ def test_event_failing_twice_then_succeeding_is_handled_before_later_events_comm
     handler = Flaky({(0, 3): 2})
     seen_checkpoints: list[int | None] = []
     config = _config(setup, commit={"every_events": 1, "every_seconds": 0.1})
-    with ServiceThread(config, handler, policy={"retry_attempts": 3,
-                                                "retry_backoff_s": 1.0}):
+    with ServiceThread(
+        config, handler, policy={"retry_attempts": 3, "retry_backoff_s": 1.0}
+    ):
+
         def others_done() -> bool:
             seen_checkpoints.append(checkpoints(setup["store"], setup["group"]).get(0))
-            return checkpoints(setup["store"], setup["group"]).get(1) == 10 and \
-                checkpoints(setup["store"], setup["group"]).get(2) == 10
+            return (
+                checkpoints(setup["store"], setup["group"]).get(1) == 10
+                and checkpoints(setup["store"], setup["group"]).get(2) == 10
+            )
+
         wait_for(others_done, what="partitions 1 and 2 at their end")
         assert (0, 3) not in handler.handled, "the others finished during the backoff"
-        wait_for(lambda: checkpoints(setup["store"], setup["group"])[0] == 10,
-                 what="partition 0 at its end")
+        wait_for(
+            lambda: checkpoints(setup["store"], setup["group"])[0] == 10,
+            what="partition 0 at its end",
+        )
     p0 = [o for p, o in handler.handled if p == 0]
     assert p0 == list(range(10))
     assert handler.calls.count((0, 3)) == 3
@@ -117,16 +117,30 @@ def test_dead_letter_holds_the_event_with_every_header_then_checkpoint_passes(
     key, value, headers and streamcp's headers; the checkpoint then passes it."""
     dlq = f"{setup['topic']}.dlq"
     setup["kafka"].create_topic(dlq, 1)
-    produce_records(setup["kafka"].bootstrap_servers, setup["topic"],
-                    [(b"k0", b"v0", 1_690_000_000_000, 0), (b"bad", b"poison",
-                      1_690_000_001_000, 0), (b"k2", b"v2", 1_690_000_002_000, 0)])
+    produce_records(
+        setup["kafka"].bootstrap_servers,
+        setup["topic"],
+        [
+            (b"k0", b"v0", 1_690_000_000_000, 0),
+            (b"bad", b"poison", 1_690_000_001_000, 0),
+            (b"k2", b"v2", 1_690_000_002_000, 0),
+        ],
+    )
     handler = Flaky({(0, 1): 99}, error=ValueError)
     config = _config(setup)
-    with ServiceThread(config, handler, policy={"on_failure": "dead-letter",
-                                                "retry_attempts": 2,
-                                                "retry_backoff_s": 0.05}):
-        wait_for(lambda: checkpoints(setup["store"], setup["group"]).get(0) == 3,
-                 what="checkpoint past the dead-lettered event")
+    with ServiceThread(
+        config,
+        handler,
+        policy={
+            "on_failure": "dead-letter",
+            "retry_attempts": 2,
+            "retry_backoff_s": 0.05,
+        },
+    ):
+        wait_for(
+            lambda: checkpoints(setup["store"], setup["group"]).get(0) == 3,
+            what="checkpoint past the dead-lettered event",
+        )
     (record,) = consume_all(setup["kafka"].bootstrap_servers, dlq, 1)
     assert (record.key(), record.value()) == (b"bad", b"poison")
     headers = {k: v.decode() for k, v in record.headers()}
@@ -151,12 +165,24 @@ def test_dead_letter_produce_failing_at_broker_keeps_checkpoint_and_pauses(
     handler = Flaky({(0, 1): 99})
     config = _config(setup, consumer={"dead_letter_timeout_s": 3.0})
     missing = f"no-such-topic-{uuid.uuid4().hex[:6]}"
-    with ServiceThread(config, handler, policy={"on_failure": "dead-letter",
-                                                "retry_attempts": 1,
-                                                "dead_letter_topic": missing}):
-        wait_for(lambda: setup["store"].read(setup["group"]).get(
-            tp(setup["topic"], 0)) is not None and setup["store"].read(setup["group"])[
-            tp(setup["topic"], 0)].paused, timeout_s=30, what="partition 0 paused")
+    with ServiceThread(
+        config,
+        handler,
+        policy={
+            "on_failure": "dead-letter",
+            "retry_attempts": 1,
+            "dead_letter_topic": missing,
+        },
+    ):
+        wait_for(
+            lambda: (
+                setup["store"].read(setup["group"]).get(tp(setup["topic"], 0))
+                is not None
+                and setup["store"].read(setup["group"])[tp(setup["topic"], 0)].paused
+            ),
+            timeout_s=30,
+            what="partition 0 paused",
+        )
         time.sleep(1)
         stored = setup["store"].read(setup["group"])[tp(setup["topic"], 0)]
         assert stored.offset == 1
@@ -174,23 +200,44 @@ def test_pause_keeps_checkpoint_others_reach_end_and_resume_continues(
     produce(setup["kafka"].bootstrap_servers, setup["topic"], 3, 6)
     handler = Flaky({(1, 2): 99})
     config = _config(setup)
-    with ServiceThread(config, handler, policy={"retry_attempts": 2,
-                                                "retry_backoff_s": 0.05}):
-        wait_for(lambda: checkpoints(setup["store"], setup["group"]) == {0: 6, 1: 2, 2: 6},
-                 what="1 stays at 2, others at 6")
+    with ServiceThread(
+        config, handler, policy={"retry_attempts": 2, "retry_backoff_s": 0.05}
+    ):
+        wait_for(
+            lambda: checkpoints(setup["store"], setup["group"]) == {0: 6, 1: 2, 2: 6},
+            what="1 stays at 2, others at 6",
+        )
         stored = setup["store"].read(setup["group"])[tp(setup["topic"], 1)]
         assert (stored.paused, stored.paused_offset) == (True, 2)
-        args = ["--group", setup["group"], "--redis-url", setup["redis"].url,
-                "--key-prefix", setup["prefix"]]
+        args = [
+            "--group",
+            setup["group"],
+            "--redis-url",
+            setup["redis"].url,
+            "--key-prefix",
+            setup["prefix"],
+        ]
         shown = CliRunner().invoke(main, ["checkpoints", "show", *args])
         assert shown.exit_code == 0
         assert f"paused: {setup['topic']}[1] at offset 2" in shown.output
         handler.remaining.clear()  # the fix is deployed
-        resumed = CliRunner().invoke(main, ["checkpoints", "resume", *args, "--topic",
-                                            setup["topic"], "--partition", "1"])
+        resumed = CliRunner().invoke(
+            main,
+            [
+                "checkpoints",
+                "resume",
+                *args,
+                "--topic",
+                setup["topic"],
+                "--partition",
+                "1",
+            ],
+        )
         assert resumed.exit_code == 0, resumed.output
-        wait_for(lambda: checkpoints(setup["store"], setup["group"])[1] == 6,
-                 what="partition 1 continues after resume")
+        wait_for(
+            lambda: checkpoints(setup["store"], setup["group"])[1] == 6,
+            what="partition 1 continues after resume",
+        )
     assert [o for p, o in handler.handled if p == 1] == list(range(6))
 
 
@@ -199,14 +246,23 @@ def test_pause_survives_a_rebalance_to_another_consumer(setup: dict[str, Any]) -
     produce(setup["kafka"].bootstrap_servers, setup["topic"], 3, 4)
     policy = {"retry_attempts": 1}
     with ServiceThread(_config(setup), Flaky({(0, 1): 99}), policy=policy):
-        wait_for(lambda: setup["store"].read(setup["group"]).get(
-            tp(setup["topic"], 0)) is not None and setup["store"].read(
-            setup["group"])[tp(setup["topic"], 0)].paused, what="paused")
+        wait_for(
+            lambda: (
+                setup["store"].read(setup["group"]).get(tp(setup["topic"], 0))
+                is not None
+                and setup["store"].read(setup["group"])[tp(setup["topic"], 0)].paused
+            ),
+            what="paused",
+        )
     healthy = Flaky({})
     with ServiceThread(_config(setup), healthy, policy=policy):
-        wait_for(lambda: {p for p, _ in healthy.handled} >= {1, 2} or
-                 checkpoints(setup["store"], setup["group"]) == {0: 1, 1: 4, 2: 4},
-                 what="second consumer running")
+        wait_for(
+            lambda: (
+                {p for p, _ in healthy.handled} >= {1, 2}
+                or checkpoints(setup["store"], setup["group"]) == {0: 1, 1: 4, 2: 4}
+            ),
+            what="second consumer running",
+        )
         time.sleep(1.5)
         assert all(p != 0 for p, _ in healthy.handled)
     stored = setup["store"].read(setup["group"])[tp(setup["topic"], 0)]
@@ -216,68 +272,112 @@ def test_pause_survives_a_rebalance_to_another_consumer(setup: dict[str, Any]) -
 @pytest.mark.parametrize(
     ("value", "policy", "expected_pause"),
     [
-        pytest.param(b"{not json", {"value_codec": "json", "on_failure": "skip"}, False,
-                     id="invalid-json-skip"),
-        pytest.param(b"\xff\xfe", {"value_codec": "text", "on_failure": "pause"}, True,
-                     id="invalid-utf8-pause"),
-        pytest.param(None, {"value_codec": "json", "on_failure": "skip"}, False,
-                     id="tombstone-skip"),
+        pytest.param(
+            b"{not json",
+            {"value_codec": "json", "on_failure": "skip"},
+            False,
+            id="invalid-json-skip",
+        ),
+        pytest.param(
+            b"\xff\xfe",
+            {"value_codec": "text", "on_failure": "pause"},
+            True,
+            id="invalid-utf8-pause",
+        ),
+        pytest.param(
+            None,
+            {"value_codec": "json", "on_failure": "skip"},
+            False,
+            id="tombstone-skip",
+        ),
     ],
 )
 def test_poison_event_takes_the_configured_path_without_looping(
-    setup: dict[str, Any], value: bytes | None, policy: dict[str, Any],
+    setup: dict[str, Any],
+    value: bytes | None,
+    policy: dict[str, Any],
     expected_pause: bool,
 ) -> None:
     """An undecodable value is not retried (one decode attempt), takes the
     handler's policy, and costs no busy loop while the partition waits."""
-    produce_records(setup["kafka"].bootstrap_servers, setup["topic"],
-                    [(b"a", b'{"n": 1}', None, 0), (b"b", value, None, 0),
-                     (b"c", b'{"n": 3}', None, 0)])
+    produce_records(
+        setup["kafka"].bootstrap_servers,
+        setup["topic"],
+        [
+            (b"a", b'{"n": 1}', None, 0),
+            (b"b", value, None, 0),
+            (b"c", b'{"n": 3}', None, 0),
+        ],
+    )
     seen: list[Any] = []
 
     def handler(event: Event) -> None:
         seen.append(event.decoded_value)
 
     config = _config(setup)
-    with ServiceThread(config, handler, policy={**policy, "retry_attempts": 5,
-                                                "retry_backoff_s": 0.01}):
+    with ServiceThread(
+        config, handler, policy={**policy, "retry_attempts": 5, "retry_backoff_s": 0.01}
+    ):
         if expected_pause:
-            wait_for(lambda: checkpoints(setup["store"], setup["group"]).get(0) == 1
-                     and setup["store"].read(setup["group"])[tp(setup["topic"], 0)].paused,
-                     what="paused at the poison event")
+            wait_for(
+                lambda: (
+                    checkpoints(setup["store"], setup["group"]).get(0) == 1
+                    and setup["store"]
+                    .read(setup["group"])[tp(setup["topic"], 0)]
+                    .paused
+                ),
+                what="paused at the poison event",
+            )
             cpu_before = time.process_time()
             time.sleep(2)
             assert time.process_time() - cpu_before < 0.6, "the consumer spins"
-            assert seen == [{"n": 1}] if policy["value_codec"] == "json" else len(seen) == 1
+            assert (
+                seen == [{"n": 1}]
+                if policy["value_codec"] == "json"
+                else len(seen) == 1
+            )
         else:
-            wait_for(lambda: checkpoints(setup["store"], setup["group"]).get(0) == 3,
-                     what="checkpoint past the skipped event")
+            wait_for(
+                lambda: checkpoints(setup["store"], setup["group"]).get(0) == 3,
+                what="checkpoint past the skipped event",
+            )
             assert seen == [{"n": 1}, {"n": 3}]
 
 
 def test_handler_slower_than_max_poll_interval_causes_no_rebalance(
-    setup: dict[str, Any], tmp_path: Path,
+    setup: dict[str, Any],
+    tmp_path: Path,
 ) -> None:
     """A real process whose handler takes 8 s on one event, with
     max.poll.interval.ms at 6 s, keeps its single assignment for the whole run
     and handles every event."""
     produce(setup["kafka"].bootstrap_servers, setup["topic"], 3, 3)
     record = tmp_path / "handled.txt"
-    raw = raw_config(setup["kafka"].bootstrap_servers, setup["redis"].url,
-                     setup["prefix"], setup["topic"], setup["group"],
-                     kafka={"max_poll_interval_ms": 6000},
-                     handler={"options": {"path": str(record), "slow_at": ["0:1:8"]}})
-    proc = ServiceProcess(write_config(tmp_path / "c.toml", raw), tmp_path / "log",
-                          "--stop-when-caught-up")
+    raw = raw_config(
+        setup["kafka"].bootstrap_servers,
+        setup["redis"].url,
+        setup["prefix"],
+        setup["topic"],
+        setup["group"],
+        kafka={"max_poll_interval_ms": 6000},
+        handler={"options": {"path": str(record), "slow_at": ["0:1:8"]}},
+    )
+    proc = ServiceProcess(
+        write_config(tmp_path / "c.toml", raw),
+        tmp_path / "log",
+        "--stop-when-caught-up",
+    )
     try:
         assert proc.wait(60) == 0
     finally:
         proc.kill()
     assert len(proc.saw("partition.assigned")) == 1
     assert proc.saw("partition.revoking") == [] or all(
-        not e["partitions"] for e in proc.saw("partition.revoking"))
+        not e["partitions"] for e in proc.saw("partition.revoking")
+    )
     assert sorted((r.partition, r.offset) for r in read_handled(record)) == [
-        (p, o) for p in range(3) for o in range(3)]
+        (p, o) for p in range(3) for o in range(3)
+    ]
 
 
 def test_handler_timeout_counts_as_failure_and_retry_waits_for_the_call(
@@ -294,11 +394,15 @@ def test_handler_timeout_counts_as_failure_and_retry_waits_for_the_call(
             time.sleep(1.5)
         calls.append((event.offset, started, time.monotonic()))
 
-    with ServiceThread(_config(setup), handler,
-                       policy={"timeout_s": 0.5, "retry_attempts": 3,
-                               "retry_backoff_s": 0.01}):
-        wait_for(lambda: checkpoints(setup["store"], setup["group"]).get(0) == 2,
-                 what="both events committed")
+    with ServiceThread(
+        _config(setup),
+        handler,
+        policy={"timeout_s": 0.5, "retry_attempts": 3, "retry_backoff_s": 0.01},
+    ):
+        wait_for(
+            lambda: checkpoints(setup["store"], setup["group"]).get(0) == 2,
+            what="both events committed",
+        )
     first, second = calls[0], calls[1]
     assert first[0] == second[0] == 0
     assert second[1] >= first[2], "the retry started before the abandoned call returned"
@@ -308,10 +412,22 @@ def test_timeout_longer_than_max_poll_interval_is_refused_at_start(
     setup: dict[str, Any],
 ) -> None:
     """A handler timeout that cannot work with max.poll.interval.ms exits 2."""
-    result = CliRunner().invoke(main, [
-        "run", "--topic", "t", "--handler", "tests.recorder:Recorder",
-        "--set", "handler.options.path='x'", "--set", "handler.timeout_s=400",
-        "--set", "kafka.max_poll_interval_ms=300000"])
+    result = CliRunner().invoke(
+        main,
+        [
+            "run",
+            "--topic",
+            "t",
+            "--handler",
+            "tests.recorder:Recorder",
+            "--set",
+            "handler.options.path='x'",
+            "--set",
+            "handler.timeout_s=400",
+            "--set",
+            "kafka.max_poll_interval_ms=300000",
+        ],
+    )
     assert result.exit_code == 2
     assert "handler.timeout_s" in result.output
 
@@ -323,9 +439,15 @@ def test_shutdown_during_backoff_ends_promptly_and_commits_only_successes(
     seconds, with the checkpoint at the failed event."""
     produce(setup["kafka"].bootstrap_servers, setup["topic"], 1, 5)
     handler = Flaky({(0, 2): 99})
-    service = ServiceThread(_config(setup), handler,
-                            policy={"retry_attempts": 5, "retry_backoff_s": 30.0,
-                                    "retry_max_backoff_s": 30.0})
+    service = ServiceThread(
+        _config(setup),
+        handler,
+        policy={
+            "retry_attempts": 5,
+            "retry_backoff_s": 30.0,
+            "retry_max_backoff_s": 30.0,
+        },
+    )
     with service:
         wait_for(lambda: handler.calls.count((0, 2)) == 1, what="first failure")
         time.sleep(0.3)

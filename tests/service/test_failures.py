@@ -5,45 +5,24 @@ from __future__ import annotations
 import signal
 import threading
 import time
-import uuid
 import zlib
-from collections.abc import Callable
-from pathlib import Path
 from typing import Any
 
-import pytest
-
 from streamcp.events import Event
-from streamcp.redis_store import RedisCheckpointStore
-from streamcp.services import KafkaService, RedisService, produce_records
+from streamcp.services import produce_records
 from tests.recorder import offsets_by_partition, read_handled
+from tests.service.conftest import raw_for
 from tests.service.harness import (
     ServiceProcess,
     ServiceThread,
     checkpoints,
     config_from,
     produce,
-    raw_config,
     wait_for,
     write_config,
 )
 
-
-@pytest.fixture
-def setup(
-    kafka: KafkaService, redis_service: RedisService, key_prefix: str,
-    topic_factory: Callable[..., str], tmp_path: Path,
-) -> dict[str, Any]:
-    topic = topic_factory(3)
-    group = f"g-{uuid.uuid4().hex[:8]}"
-    store = RedisCheckpointStore.from_url(redis_service.url, key_prefix=key_prefix)
-    return {"kafka": kafka, "redis": redis_service, "prefix": key_prefix,
-            "topic": topic, "group": group, "store": store, "tmp": tmp_path}
-
-
-def _raw(s: dict[str, Any], **sections: Any) -> dict[str, Any]:
-    return raw_config(s["kafka"].bootstrap_servers, s["redis"].url, s["prefix"],
-                      s["topic"], s["group"], **sections)
+_raw = raw_for
 
 
 def test_kill_9_then_restart_redelivers_exactly_from_the_checkpoint(
@@ -55,12 +34,17 @@ def test_kill_9_then_restart_redelivers_exactly_from_the_checkpoint(
     crash) and every event was handled at least once."""
     produce(setup["kafka"].bootstrap_servers, setup["topic"], 3, 20)
     record = setup["tmp"] / "handled.txt"
-    raw = _raw(setup, commit={"every_events": 7, "every_seconds": 3600},
-               consumer={"batch_size": 4, "concurrency": 3},
-               handler={"options": {"path": str(record), "delay_ms": 5,
-                                    "slow_at": ["0:19:60"]}})
-    first = ServiceProcess(write_config(setup["tmp"] / "c1.toml", raw),
-                           setup["tmp"] / "log1")
+    raw = _raw(
+        setup,
+        commit={"every_events": 7, "every_seconds": 3600},
+        consumer={"batch_size": 4, "concurrency": 3},
+        handler={
+            "options": {"path": str(record), "delay_ms": 5, "slow_at": ["0:19:60"]}
+        },
+    )
+    first = ServiceProcess(
+        write_config(setup["tmp"] / "c1.toml", raw), setup["tmp"] / "log1"
+    )
     try:
         wait_for(lambda: len(read_handled(record)) == 59, what="59 handled")
         time.sleep(0.3)  # let a commit that was due land before the crash
@@ -77,8 +61,9 @@ def test_kill_9_then_restart_redelivers_exactly_from_the_checkpoint(
     config_path = write_config(setup["tmp"] / "c2.toml", raw)
     second = ServiceProcess(config_path, setup["tmp"] / "log2", "--stop-when-caught-up")
     assert second.wait(60) == 0
-    again = {(r.partition, r.offset) for r in read_handled(record)
-             if r.pid == second.pid}
+    again = {
+        (r.partition, r.offset) for r in read_handled(record) if r.pid == second.pid
+    }
     assert again == expected_again
     assert before | again == {(p, o) for p in range(3) for o in range(20)}
     assert checkpoints(setup["store"], setup["group"]) == {0: 20, 1: 20, 2: 20}
@@ -92,10 +77,18 @@ def test_handler_failure_keeps_checkpoint_at_failed_event_and_commits_others(
     a clear error; partition 1 stays at 4 on shutdown, the others reach 10."""
     produce(setup["kafka"].bootstrap_servers, setup["topic"], 3, 10)
     record = setup["tmp"] / "handled.txt"
-    raw = _raw(setup, handler={"options": {"path": str(record), "fail_at": ["1:4"]},
-                               "on_failure": "stop", "retry_attempts": 1},
-               consumer={"ordering": "key", "concurrency": 2})
-    proc = ServiceProcess(write_config(setup["tmp"] / "c.toml", raw), setup["tmp"] / "log")
+    raw = _raw(
+        setup,
+        handler={
+            "options": {"path": str(record), "fail_at": ["1:4"]},
+            "on_failure": "stop",
+            "retry_attempts": 1,
+        },
+        consumer={"ordering": "key", "concurrency": 2},
+    )
+    proc = ServiceProcess(
+        write_config(setup["tmp"] / "c.toml", raw), setup["tmp"] / "log"
+    )
     try:
         status = proc.wait(60)
     finally:
@@ -122,15 +115,20 @@ def test_handler_failure_checkpoint_stays_on_restart(setup: dict[str, Any]) -> N
             raise ValueError("bad event")
 
     for _ in range(2):
-        with ServiceThread(config_from(_raw(setup)), fail_at_2_3,
-                           policy={"on_failure": "stop", "retry_backoff_s": 0.01}) as service:
+        with ServiceThread(
+            config_from(_raw(setup)),
+            fail_at_2_3,
+            policy={"on_failure": "stop", "retry_backoff_s": 0.01},
+        ) as service:
             assert service.join(60) == 1
             failure = service.service.failure
             assert failure is not None and "offset 3" in str(failure)
         assert checkpoints(setup["store"], setup["group"])[2] == 3
 
 
-def test_slow_event_holds_checkpoint_back_until_it_finishes(setup: dict[str, Any]) -> None:
+def test_slow_event_holds_checkpoint_back_until_it_finishes(
+    setup: dict[str, Any],
+) -> None:
     """With key ordering, events of other keys finish past a slow one, yet the
     committed checkpoint stays at the slow event until it is done."""
     release = threading.Event()
@@ -147,20 +145,29 @@ def test_slow_event_holds_checkpoint_back_until_it_finishes(setup: dict[str, Any
     keys = [slow_key, other, slow_key, other, other, other, other]
     records = [(k, b"v", None, 0) for k in keys]
     produce_records(setup["kafka"].bootstrap_servers, setup["topic"], records)
-    config = config_from(_raw(setup, commit={"every_events": 1, "every_seconds": 0.2},
-                              consumer={"ordering": "key", "concurrency": 2}))
+    config = config_from(
+        _raw(
+            setup,
+            commit={"every_events": 1, "every_seconds": 0.2},
+            consumer={"ordering": "key", "concurrency": 2},
+        )
+    )
     with ServiceThread(config, handler):
         wait_for(lambda: {1, 3, 4, 5, 6} <= set(seen), what="other key's events")
         time.sleep(0.6)  # several commit rounds pass
         assert checkpoints(setup["store"], setup["group"])[0] == 2
         release.set()
-        wait_for(lambda: checkpoints(setup["store"], setup["group"])[0] == 7,
-                 what="checkpoint past the slow event")
+        wait_for(
+            lambda: checkpoints(setup["store"], setup["group"])[0] == 7,
+            what="checkpoint past the slow event",
+        )
 
 
 def _keys_on_different_lanes(lanes: int) -> tuple[bytes, bytes]:
     """Two keys the dispatcher puts on different lanes (crc32 modulo lanes)."""
     candidates = [f"key-{i}".encode() for i in range(20)]
     first = candidates[0]
-    second = next(k for k in candidates if zlib.crc32(k) % lanes != zlib.crc32(first) % lanes)
+    second = next(
+        k for k in candidates if zlib.crc32(k) % lanes != zlib.crc32(first) % lanes
+    )
     return first, second

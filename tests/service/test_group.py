@@ -45,8 +45,11 @@ def _first_offsets_match_claims(
 
 
 def test_two_processes_share_partitions_without_stale_positions(
-    kafka: KafkaService, redis_service: RedisService, key_prefix: str,
-    topic_factory: Callable[..., str], tmp_path: Path,
+    kafka: KafkaService,
+    redis_service: RedisService,
+    key_prefix: str,
+    topic_factory: Callable[..., str],
+    tmp_path: Path,
 ) -> None:
     """A second process joins, then the first leaves: partitions move each time,
     no event is handled twice or lost, and each process starts every partition
@@ -54,9 +57,15 @@ def test_two_processes_share_partitions_without_stale_positions(
     topic = topic_factory(4)
     group = f"g-{uuid.uuid4().hex[:8]}"
     record = tmp_path / "handled.txt"
-    raw = raw_config(kafka.bootstrap_servers, redis_service.url, key_prefix, topic, group,
-                     commit={"every_events": 10, "every_seconds": 0.5},
-                     handler={"options": {"path": str(record), "delay_ms": 2}})
+    raw = raw_config(
+        kafka.bootstrap_servers,
+        redis_service.url,
+        key_prefix,
+        topic,
+        group,
+        commit={"every_events": 10, "every_seconds": 0.5},
+        handler={"options": {"path": str(record), "delay_ms": 2}},
+    )
     config_path = write_config(tmp_path / "c.toml", raw)
     store = RedisCheckpointStore.from_url(redis_service.url, key_prefix=key_prefix)
     first = ServiceProcess(config_path, tmp_path / "log1")
@@ -65,15 +74,22 @@ def test_two_processes_share_partitions_without_stale_positions(
         produce(kafka.bootstrap_servers, topic, 4, 25)
         wait_for(lambda: len(read_handled(record)) >= 40, what="first process started")
         second = ServiceProcess(config_path, tmp_path / "log2")
-        wait_for(lambda: second.saw("partition.assigned"), what="second process assigned")
+        wait_for(
+            lambda: second.saw("partition.assigned"), what="second process assigned"
+        )
         produce(kafka.bootstrap_servers, topic, 4, 25, start=25)
-        wait_for(lambda: second.pid in {r.pid for r in read_handled(record)},
-                 what="second process got a partition")
+        wait_for(
+            lambda: second.pid in {r.pid for r in read_handled(record)},
+            what="second process got a partition",
+        )
         first.signal(signal.SIGTERM)
         assert first.wait(30) == 0
         produce(kafka.bootstrap_servers, topic, 4, 25, start=50)
-        wait_for(lambda: checkpoints(store, group) == {p: 75 for p in range(4)},
-                 timeout_s=40, what="all committed to the end")
+        wait_for(
+            lambda: checkpoints(store, group) == {p: 75 for p in range(4)},
+            timeout_s=40,
+            what="all committed to the end",
+        )
         second.signal(signal.SIGTERM)
         assert second.wait(30) == 0
     finally:
@@ -88,8 +104,11 @@ def test_two_processes_share_partitions_without_stale_positions(
 
 
 def test_frozen_process_has_commits_refused_after_hand_over(
-    kafka: KafkaService, redis_service: RedisService, key_prefix: str,
-    topic_factory: Callable[..., str], tmp_path: Path,
+    kafka: KafkaService,
+    redis_service: RedisService,
+    key_prefix: str,
+    topic_factory: Callable[..., str],
+    tmp_path: Path,
 ) -> None:
     """A process frozen with SIGSTOP past the session timeout loses its
     partitions; resumed, its commits are refused as stale, and the history
@@ -97,32 +116,55 @@ def test_frozen_process_has_commits_refused_after_hand_over(
     topic = topic_factory(2)
     group = f"g-{uuid.uuid4().hex[:8]}"
     record = tmp_path / "handled.txt"
-    raw = raw_config(kafka.bootstrap_servers, redis_service.url, key_prefix, topic, group,
-                     commit={"every_events": 100_000, "every_seconds": 0.5},
-                     consumer={"batch_size": 5},
-                     handler={"options": {"path": str(record), "delay_ms": 100}})
+    raw = raw_config(
+        kafka.bootstrap_servers,
+        redis_service.url,
+        key_prefix,
+        topic,
+        group,
+        commit={"every_events": 100_000, "every_seconds": 0.5},
+        consumer={"batch_size": 5},
+        handler={"options": {"path": str(record), "delay_ms": 100}},
+    )
     zombie = ServiceProcess(write_config(tmp_path / "z.toml", raw), tmp_path / "zlog")
-    raw_b = dict(raw, handler={"name": "tests.recorder:Recorder",
-                               "options": {"path": str(record)}})
+    raw_b = dict(
+        raw,
+        handler={"name": "tests.recorder:Recorder", "options": {"path": str(record)}},
+    )
     other = None
     store = RedisCheckpointStore.from_url(redis_service.url, key_prefix=key_prefix)
     try:
         produce(kafka.bootstrap_servers, topic, 2, 200)
         wait_for(lambda: len(read_handled(record)) >= 10, what="zombie is working")
-        other = ServiceProcess(write_config(tmp_path / "o.toml", raw_b), tmp_path / "olog")
+        other = ServiceProcess(
+            write_config(tmp_path / "o.toml", raw_b), tmp_path / "olog"
+        )
         wait_for(lambda: other.saw("service.started"), what="other started")
-        wait_for(lambda: other.pid in {r.pid for r in read_handled(record)}
-                 or len(read_handled(record)) >= 20, what="rebalance settled")
+        wait_for(
+            lambda: (
+                other.pid in {r.pid for r in read_handled(record)}
+                or len(read_handled(record)) >= 20
+            ),
+            what="rebalance settled",
+        )
         zombie.signal(signal.SIGSTOP)
         frozen_at = time.time()
-        wait_for(lambda: all(cp.owner.split(":")[1] == str(other.pid)
-                             for cp in store.read(group).values()),
-                 timeout_s=30, what="other process owns every partition")
+        wait_for(
+            lambda: all(
+                cp.owner.split(":")[1] == str(other.pid)
+                for cp in store.read(group).values()
+            ),
+            timeout_s=30,
+            what="other process owns every partition",
+        )
         handed_over = time.time()
         assert handed_over - frozen_at < 30
         zombie.signal(signal.SIGCONT)
-        wait_for(lambda: zombie.saw("checkpoint.refused") or zombie.saw("partition.lost"),
-                 timeout_s=20, what="zombie noticed")
+        wait_for(
+            lambda: zombie.saw("checkpoint.refused") or zombie.saw("partition.lost"),
+            timeout_s=20,
+            what="zombie noticed",
+        )
         time.sleep(2)
     finally:
         zombie.kill()
@@ -133,8 +175,14 @@ def test_frozen_process_has_commits_refused_after_hand_over(
     assert {r["reason"] for r in refused} <= {"stale_epoch", "not_owner"}
     history = store.history(group, 0)
     zombie_owner = f":{zombie.pid}:"
-    last_claim_by_other = max(i for i, e in enumerate(history)
-                              if e.kind == "claim" and f":{other.pid}:" in e.owner)
-    late = [e for e in history[last_claim_by_other:]
-            if e.kind == "commit" and zombie_owner in e.owner]
+    last_claim_by_other = max(
+        i
+        for i, e in enumerate(history)
+        if e.kind == "claim" and f":{other.pid}:" in e.owner
+    )
+    late = [
+        e
+        for e in history[last_claim_by_other:]
+        if e.kind == "commit" and zombie_owner in e.owner
+    ]
     assert late == []

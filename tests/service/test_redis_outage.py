@@ -8,7 +8,6 @@ import time
 import uuid
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
 
 from streamcp.events import Event, TopicPartition
 from streamcp.redis_store import RedisCheckpointStore
@@ -38,8 +37,10 @@ def _assert_history_never_decreases(store: RedisCheckpointStore, group: str) -> 
 
 
 def test_redis_stopped_during_run_loses_nothing_and_completes_after_return(
-    kafka: KafkaService, redis_factory: Callable[..., RedisService],
-    topic_factory: Callable[..., str], tmp_path: Path,
+    kafka: KafkaService,
+    redis_factory: Callable[..., RedisService],
+    topic_factory: Callable[..., str],
+    tmp_path: Path,
 ) -> None:
     """A real service keeps consuming while Redis is stopped for a few seconds;
     after Redis returns every event is handled, every final checkpoint is the
@@ -48,10 +49,16 @@ def test_redis_stopped_during_run_loses_nothing_and_completes_after_return(
     topic = topic_factory(3)
     group = f"g-{uuid.uuid4().hex[:8]}"
     record = tmp_path / "handled.txt"
-    raw = raw_config(kafka.bootstrap_servers, redis.url, "p", topic, group,
-                     commit={"every_events": 5, "every_seconds": 0.2},
-                     consumer={"max_in_flight_events": 40},
-                     handler={"options": {"path": str(record)}})
+    raw = raw_config(
+        kafka.bootstrap_servers,
+        redis.url,
+        "p",
+        topic,
+        group,
+        commit={"every_events": 5, "every_seconds": 0.2},
+        consumer={"max_in_flight_events": 40},
+        handler={"options": {"path": str(record)}},
+    )
     proc = ServiceProcess(write_config(tmp_path / "c.toml", raw), tmp_path / "log")
     store = RedisCheckpointStore.from_url(redis.url, key_prefix="p")
     try:
@@ -65,8 +72,11 @@ def test_redis_stopped_during_run_loses_nothing_and_completes_after_return(
         # the consumer pauses instead of taking all 120 new events.
         assert 30 < during <= 30 + 40 + 1
         redis.start()
-        wait_for(lambda: checkpoints(store, group) == {0: 50, 1: 50, 2: 50},
-                 timeout_s=30, what="checkpoints at the ends after Redis returned")
+        wait_for(
+            lambda: checkpoints(store, group) == {0: 50, 1: 50, 2: 50},
+            timeout_s=30,
+            what="checkpoints at the ends after Redis returned",
+        )
         proc.signal(signal.SIGTERM)
         assert proc.wait(30) == 0
     finally:
@@ -78,7 +88,8 @@ def test_redis_stopped_during_run_loses_nothing_and_completes_after_return(
 
 
 def test_redis_unreachable_at_assignment_waits_never_uses_start_policy(
-    kafka: KafkaService, redis_factory: Callable[..., RedisService],
+    kafka: KafkaService,
+    redis_factory: Callable[..., RedisService],
     topic_factory: Callable[..., str],
 ) -> None:
     """With a stored checkpoint of 5 and Redis down at assignment, no event is
@@ -90,7 +101,9 @@ def test_redis_unreachable_at_assignment_waits_never_uses_start_policy(
     store = RedisCheckpointStore.from_url(redis.url, key_prefix="p")
     someone = Owner("earlier-run", "h", 1)
     claims = store.claim(group, [TopicPartition(topic, p) for p in range(2)], someone)
-    store.commit(group, someone, [CommitRequest(tp, 5, c.epoch) for tp, c in claims.items()])
+    store.commit(
+        group, someone, [CommitRequest(tp, 5, c.epoch) for tp, c in claims.items()]
+    )
     produce(kafka.bootstrap_servers, topic, 2, 8)
     redis.stop()
 
@@ -101,8 +114,16 @@ def test_redis_unreachable_at_assignment_waits_never_uses_start_policy(
         with lock:
             seen.append((event.partition, event.offset))
 
-    config = config_from(raw_config(kafka.bootstrap_servers, redis.url, "p", topic, group,
-                                    consumer={"start_policy": "earliest"}))
+    config = config_from(
+        raw_config(
+            kafka.bootstrap_servers,
+            redis.url,
+            "p",
+            topic,
+            group,
+            consumer={"start_policy": "earliest"},
+        )
+    )
     with ServiceThread(config, handler) as service:
         time.sleep(6)  # the join completes after about 3 s; the claim fails
         assert seen == []
@@ -110,11 +131,14 @@ def test_redis_unreachable_at_assignment_waits_never_uses_start_policy(
         wait_for(lambda: len(seen) == 6, timeout_s=20, what="events from offset 5 on")
         assert sorted(seen) == [(p, o) for p in range(2) for o in range(5, 8)]
         assert service.service.owner.instance_id in {
-            cp.owner for cp in store.read(group).values()}
+            cp.owner for cp in store.read(group).values()
+        }
 
 
 def test_epoch_going_back_in_redis_is_reclaimed_and_progress_committed(
-    kafka: KafkaService, redis_service: RedisService, key_prefix: str,
+    kafka: KafkaService,
+    redis_service: RedisService,
+    key_prefix: str,
     topic_factory: Callable[..., str],
 ) -> None:
     """When Redis loses the latest writes (as after a failover), the stored
@@ -126,9 +150,16 @@ def test_epoch_going_back_in_redis_is_reclaimed_and_progress_committed(
     produce(kafka.bootstrap_servers, topic, 1, 5)
     store.claim(group, [TopicPartition(topic, 0)], Owner("earlier", "h", 1))
     seen: list[int] = []
-    config = config_from(raw_config(kafka.bootstrap_servers, redis_service.url,
-                                    key_prefix, topic, group,
-                                    commit={"every_events": 1, "every_seconds": 0.2}))
+    config = config_from(
+        raw_config(
+            kafka.bootstrap_servers,
+            redis_service.url,
+            key_prefix,
+            topic,
+            group,
+            commit={"every_events": 1, "every_seconds": 0.2},
+        )
+    )
     with ServiceThread(config, lambda event: seen.append(event.offset)):
         wait_for(lambda: checkpoints(store, group) == {0: 5}, what="checkpoint at 5")
         key = store.keys(group).checkpoint(TopicPartition(topic, 0))

@@ -9,7 +9,9 @@ from streamcp.redis_store import RedisCheckpointStore
 from streamcp.store import CommitRequest, Owner
 
 
-def test_layout_keys_fields_and_no_ttl(redis_client: redis.Redis, key_prefix: str) -> None:
+def test_layout_keys_fields_and_no_ttl(
+    redis_client: redis.Redis, key_prefix: str
+) -> None:
     """Keys carry the version and the group's hash tag; fields are plain text;
     nothing expires; one commit is one script call."""
     store = RedisCheckpointStore(redis_client, key_prefix=key_prefix)
@@ -17,7 +19,9 @@ def test_layout_keys_fields_and_no_ttl(redis_client: redis.Redis, key_prefix: st
     tp = TopicPartition("wiki.edits", 2)
     epoch = store.claim("my-group", [tp], me)[tp].epoch
     store.commit("my-group", me, [CommitRequest(tp, 1, epoch)])  # loads the script
-    before = redis_client.info("commandstats").get("cmdstat_evalsha", {}).get("calls", 0)
+    before = (
+        redis_client.info("commandstats").get("cmdstat_evalsha", {}).get("calls", 0)
+    )
     store.commit("my-group", me, [CommitRequest(tp, 17, epoch, events=17)])
     after = redis_client.info("commandstats")["cmdstat_evalsha"]["calls"]
     assert after - before == 1
@@ -48,8 +52,9 @@ def test_one_script_call_commits_256_partitions(
     claims = store.claim("g256", parts, me)
     store.commit("g256", me, [CommitRequest(parts[0], 1, claims[parts[0]].epoch)])
     redis_client.config_resetstat()
-    result = store.commit("g256", me, [CommitRequest(tp, 5, claims[tp].epoch)
-                                       for tp in parts])
+    result = store.commit(
+        "g256", me, [CommitRequest(tp, 5, claims[tp].epoch) for tp in parts]
+    )
     assert len(result.accepted) == 256
     stats = redis_client.info("commandstats")
     assert stats["cmdstat_evalsha"]["calls"] == 1

@@ -31,22 +31,42 @@ B = TopicPartition("payments", 7)
 ME = Owner(instance_id="x", host="host-x", pid=100, member_id="m-x")
 
 
-@pytest.mark.parametrize(("url", "expected"), [
-    pytest.param("redis://h:6379/0", {"topology": "server"}, id="server"),
-    pytest.param("redis+cluster://a,b:7001",
-                 {"topology": "cluster", "addresses": (("a", 6379), ("b", 7001))},
-                 id="cluster"),
-    pytest.param("rediss+cluster://:pw@a:7000",
-                 {"topology": "cluster", "tls": True, "auth": {"password": "pw"}},
-                 id="cluster-tls-password"),
-    pytest.param("redis+sentinel://s1,s2:5000/main",
-                 {"topology": "sentinel", "primary_name": "main", "db": 0,
-                  "addresses": (("s1", 26379), ("s2", 5000))}, id="sentinel"),
-    pytest.param("redis+sentinel://u:p%40w@[::1]:5/main/3?sentinel_password=s",
-                 {"auth": {"username": "u", "password": "p@w"}, "db": 3,
-                  "addresses": (("::1", 5),), "sentinel_password": "s"},
-                 id="sentinel-auth-ipv6-db"),
-])
+@pytest.mark.parametrize(
+    ("url", "expected"),
+    [
+        pytest.param("redis://h:6379/0", {"topology": "server"}, id="server"),
+        pytest.param(
+            "redis+cluster://a,b:7001",
+            {"topology": "cluster", "addresses": (("a", 6379), ("b", 7001))},
+            id="cluster",
+        ),
+        pytest.param(
+            "rediss+cluster://:pw@a:7000",
+            {"topology": "cluster", "tls": True, "auth": {"password": "pw"}},
+            id="cluster-tls-password",
+        ),
+        pytest.param(
+            "redis+sentinel://s1,s2:5000/main",
+            {
+                "topology": "sentinel",
+                "primary_name": "main",
+                "db": 0,
+                "addresses": (("s1", 26379), ("s2", 5000)),
+            },
+            id="sentinel",
+        ),
+        pytest.param(
+            "redis+sentinel://u:p%40w@[::1]:5/main/3?sentinel_password=s",
+            {
+                "auth": {"username": "u", "password": "p@w"},
+                "db": 3,
+                "addresses": (("::1", 5),),
+                "sentinel_password": "s",
+            },
+            id="sentinel-auth-ipv6-db",
+        ),
+    ],
+)
 def test_redis_url_is_read_into_its_parts(url: str, expected: dict[str, Any]) -> None:
     """Cluster and Sentinel URLs give their topology, addresses (with default
     ports), credentials, primary name and database."""
@@ -54,26 +74,32 @@ def test_redis_url_is_read_into_its_parts(url: str, expected: dict[str, Any]) ->
     assert {key: getattr(parsed, key) for key in expected} == expected
 
 
-@pytest.mark.parametrize(("url", "message"), [
-    pytest.param("redis+sentinel://s1:26379", "names the primary", id="no-name"),
-    pytest.param("redis+sentinel://s1/main/x", "must be a number", id="bad-db"),
-    pytest.param("redis+cluster://a:b", "expected host[:port]", id="bad-port"),
-    pytest.param("redis+mesh://a", "must start with", id="bad-scheme"),
-])
+@pytest.mark.parametrize(
+    ("url", "message"),
+    [
+        pytest.param("redis+sentinel://s1:26379", "names the primary", id="no-name"),
+        pytest.param("redis+sentinel://s1/main/x", "must be a number", id="bad-db"),
+        pytest.param("redis+cluster://a:b", "expected host[:port]", id="bad-port"),
+        pytest.param("redis+mesh://a", "must start with", id="bad-scheme"),
+    ],
+)
 def test_malformed_redis_url_is_a_configuration_error_with_exit_2(
     url: str, message: str
 ) -> None:
     """A URL the store cannot read stops the CLI with status 2 before anything
     connects, and the message says what is wrong."""
-    result = CliRunner().invoke(main, ["checkpoints", "show", "--group", "g",
-                                       "--redis-url", url])
+    result = CliRunner().invoke(
+        main, ["checkpoints", "show", "--group", "g", "--redis-url", url]
+    )
     assert result.exit_code == 2, result.output
     assert message in result.output
 
 
 def test_sentinel_url_repr_hides_the_credentials() -> None:
     """The parsed URL's repr shows neither password."""
-    parsed = parse_redis_url("redis+sentinel://u:secret1@s1/main?sentinel_password=secret2")
+    parsed = parse_redis_url(
+        "redis+sentinel://u:secret1@s1/main?sentinel_password=secret2"
+    )
     assert "secret" not in repr(parsed)
 
 
@@ -88,8 +114,11 @@ def test_one_group_lives_in_one_cluster_slot(
     one slot, whatever its topics: one script call reaches them all."""
     store = RedisCheckpointStore.from_url(redis_cluster.url, key_prefix=key_prefix)
     claims = store.claim("group-a", [A, B], ME)
-    store.commit("group-a", ME, [CommitRequest(A, 5, claims[A].epoch),
-                                 CommitRequest(B, 9, claims[B].epoch)])
+    store.commit(
+        "group-a",
+        ME,
+        [CommitRequest(A, 5, claims[A].epoch), CommitRequest(B, 9, claims[B].epoch)],
+    )
     client = redis_cluster.client()
     try:
         keys = _keys_of(client, key_prefix)
@@ -109,9 +138,20 @@ def test_checkpoints_show_reads_a_cluster_through_its_url(
     epoch = store.claim("group-b", [A], ME)[A].epoch
     store.commit("group-b", ME, [CommitRequest(A, 42, epoch)])
     store.close()
-    result = CliRunner().invoke(main, [
-        "checkpoints", "show", "--json", "--group", "group-b",
-        "--redis-url", redis_cluster.url, "--key-prefix", key_prefix])
+    result = CliRunner().invoke(
+        main,
+        [
+            "checkpoints",
+            "show",
+            "--json",
+            "--group",
+            "group-b",
+            "--redis-url",
+            redis_cluster.url,
+            "--key-prefix",
+            key_prefix,
+        ],
+    )
     assert result.exit_code == 0, result.output
     assert '"checkpoint": 42' in result.output
 
@@ -152,11 +192,14 @@ def test_store_behind_sentinel_follows_a_failover_with_replicated_commits(
             assert time.monotonic() < deadline, "no failover within 30 s"
             time.sleep(0.2)
 
-        assert _eventually(lambda: store.commit(
-            "group-c", ME, [CommitRequest(A, 20, epoch)])).accepted == (A,)
+        assert _eventually(
+            lambda: store.commit("group-c", ME, [CommitRequest(A, 20, epoch)])
+        ).accepted == (A,)
         assert store.read("group-c")[A].offset == 20
         assert [e.offset for e in store.history("group-c") if e.kind == "commit"] == [
-            10, 20]
+            10,
+            20,
+        ]
     finally:
         sentinel.close()
         primary.close()

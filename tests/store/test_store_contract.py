@@ -11,7 +11,12 @@ import redis
 
 from streamcp.events import TopicPartition
 from streamcp.redis_store import RedisCheckpointStore
-from streamcp.store import CheckpointStore, CommitRequest, InMemoryCheckpointStore, Owner
+from streamcp.store import (
+    CheckpointStore,
+    CommitRequest,
+    InMemoryCheckpointStore,
+    Owner,
+)
 
 A = TopicPartition("orders", 0)
 B = TopicPartition("orders", 1)
@@ -28,7 +33,8 @@ def store(request: pytest.FixtureRequest, key_prefix: str) -> Iterator[Checkpoin
         # service makes its store.
         topology = request.getfixturevalue(request.param.replace("-", "_"))
         on_topology = RedisCheckpointStore.from_url(
-            topology.url, key_prefix=key_prefix, history_max_entries=50)
+            topology.url, key_prefix=key_prefix, history_max_entries=50
+        )
         yield on_topology
         on_topology.close()
         return
@@ -59,11 +65,16 @@ def test_commit_then_read_gives_offset_and_metadata(store: CheckpointStore) -> N
     cp = store.read(NS)[A]
     assert (cp.offset, cp.epoch, cp.events) == (42, epoch, 42)
     assert (cp.committed_by_host, cp.committed_by_pid, cp.committed_by_member) == (
-        "host-x", 100, "m-x")
+        "host-x",
+        100,
+        "m-x",
+    )
     assert cp.committed_at is not None
 
 
-def test_checkpoint_zero_is_stored_and_read_back_as_zero(store: CheckpointStore) -> None:
+def test_checkpoint_zero_is_stored_and_read_back_as_zero(
+    store: CheckpointStore,
+) -> None:
     """Offset 0 is a checkpoint, not 'no checkpoint'."""
     me = owner("x")
     epoch = store.claim(NS, [A], me)[A].epoch
@@ -82,11 +93,16 @@ def test_claim_bumps_epoch_and_fences_previous_owner(store: CheckpointStore) -> 
     assert result.accepted == ()
     (refusal,) = result.refused
     assert (refusal.reason, refusal.stored_epoch, refusal.stored_owner) == (
-        "stale_epoch", new_epoch, "new")
+        "stale_epoch",
+        new_epoch,
+        "new",
+    )
     assert store.read(NS)[A].offset is None
 
 
-def test_commit_with_right_epoch_but_other_owner_is_refused(store: CheckpointStore) -> None:
+def test_commit_with_right_epoch_but_other_owner_is_refused(
+    store: CheckpointStore,
+) -> None:
     """The epoch alone is not enough: the owner must match too."""
     epoch = store.claim(NS, [A], owner("x"))[A].epoch
     result = store.commit(NS, owner("intruder"), [CommitRequest(A, 5, epoch)])
@@ -103,13 +119,18 @@ def test_offset_never_goes_backwards_through_commit(store: CheckpointStore) -> N
     assert store.read(NS)[A].offset == 50
 
 
-def test_one_commit_mixes_accepted_and_refused_partitions(store: CheckpointStore) -> None:
+def test_one_commit_mixes_accepted_and_refused_partitions(
+    store: CheckpointStore,
+) -> None:
     """Each partition of one commit is judged on its own."""
     me, other = owner("x"), owner("y")
     claims = store.claim(NS, [A, B], me)
     store.claim(NS, [B], other)
-    result = store.commit(NS, me, [CommitRequest(A, 3, claims[A].epoch),
-                                   CommitRequest(B, 3, claims[B].epoch)])
+    result = store.commit(
+        NS,
+        me,
+        [CommitRequest(A, 3, claims[A].epoch), CommitRequest(B, 3, claims[B].epoch)],
+    )
     assert result.accepted == (A,)
     assert [r.topic_partition for r in result.refused] == [B]
 
@@ -167,13 +188,21 @@ def test_operator_set_moves_backwards_and_fences_owner(store: CheckpointStore) -
     epoch = store.claim(NS, [A], me)[A].epoch
     store.commit(NS, me, [CommitRequest(A, 100, epoch)])
     changed = store.set_offset(NS, A, 10, by="operator@laptop")
-    assert (changed.offset, changed.epoch, changed.operator_change) == (10, epoch + 1, True)
+    assert (changed.offset, changed.epoch, changed.operator_change) == (
+        10,
+        epoch + 1,
+        True,
+    )
     assert changed.owner == "x"
     refused = store.commit(NS, me, [CommitRequest(A, 101, epoch)])
     assert refused.refused[0].reason == "stale_epoch"
     assert store.read(NS)[A].offset == 10
     last = store.history(NS)[-1]
-    assert (last.kind, last.owner, last.previous_offset) == ("operator", "operator@laptop", 100)
+    assert (last.kind, last.owner, last.previous_offset) == (
+        "operator",
+        "operator@laptop",
+        100,
+    )
 
 
 def test_namespaces_are_independent(store: CheckpointStore) -> None:

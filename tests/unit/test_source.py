@@ -13,10 +13,16 @@ from streamcp.source import group_by_partition
 class FakeMessage:
     """Duck-typed stand-in for confluent_kafka.Message."""
 
-    def __init__(self, topic: str, partition: int, offset: int,
-                 value: bytes | None = b"v", key: bytes | None = b"k",
-                 headers: list[tuple[str, bytes]] | None = None,
-                 timestamp: tuple[int, int] = (1, 1_700_000_000_000)) -> None:
+    def __init__(
+        self,
+        topic: str,
+        partition: int,
+        offset: int,
+        value: bytes | None = b"v",
+        key: bytes | None = b"k",
+        headers: list[tuple[str, bytes]] | None = None,
+        timestamp: tuple[int, int] = (1, 1_700_000_000_000),
+    ) -> None:
         self._fields = (topic, partition, offset, value, key, headers, timestamp)
 
     def topic(self) -> str:
@@ -44,12 +50,18 @@ class FakeMessage:
 def test_every_slot_of_an_event_is_set_as_the_constructor_sets_it() -> None:
     """Events made on the fast path equal the keyword constructor's, field
     by field, decoded key and value included."""
-    message = FakeMessage("t", 3, 41, value=b"hello", key=None,
-                          headers=[("h", b"1")])
+    message = FakeMessage("t", 3, 41, value=b"hello", key=None, headers=[("h", b"1")])
     [(_, [event], _)] = group_by_partition([message], run_id="run-1")
-    expected = Event(topic="t", partition=3, offset=41, key=None, value=b"hello",
-                     headers=[("h", b"1")], timestamp_ms=1_700_000_000_000,
-                     run_id="run-1")
+    expected = Event(
+        topic="t",
+        partition=3,
+        offset=41,
+        key=None,
+        value=b"hello",
+        headers=[("h", b"1")],
+        timestamp_ms=1_700_000_000_000,
+        run_id="run-1",
+    )
     for slot in Event.__slots__:
         assert getattr(event, slot) == getattr(expected, slot), slot
 
@@ -67,20 +79,30 @@ def test_no_timestamp_and_no_headers_become_none_and_empty() -> None:
     ("layout", "runs"),
     [
         pytest.param([("a", 0)] * 3, [("a", 0, 3)], id="one-partition"),
-        pytest.param([("a", 0), ("a", 1), ("a", 1)], [("a", 0, 1), ("a", 1, 2)],
-                     id="two-partitions"),
-        pytest.param([("a", 0), ("a", 1), ("a", 0)],
-                     [("a", 0, 1), ("a", 1, 1), ("a", 0, 1)], id="partition-returns"),
-        pytest.param([("a", 0), ("b", 0)], [("a", 0, 1), ("b", 0, 1)],
-                     id="same-partition-other-topic"),
+        pytest.param(
+            [("a", 0), ("a", 1), ("a", 1)],
+            [("a", 0, 1), ("a", 1, 2)],
+            id="two-partitions",
+        ),
+        pytest.param(
+            [("a", 0), ("a", 1), ("a", 0)],
+            [("a", 0, 1), ("a", 1, 1), ("a", 0, 1)],
+            id="partition-returns",
+        ),
+        pytest.param(
+            [("a", 0), ("b", 0)],
+            [("a", 0, 1), ("b", 0, 1)],
+            id="same-partition-other-topic",
+        ),
     ],
 )
 def test_consecutive_messages_of_one_partition_form_one_run(
     layout: list[tuple[str, int]], runs: list[tuple[str, int, int]]
 ) -> None:
     """Each run keeps its messages in order and counts their value bytes."""
-    messages = [FakeMessage(t, p, i, value=b"x" * (i + 1))
-                for i, (t, p) in enumerate(layout)]
+    messages = [
+        FakeMessage(t, p, i, value=b"x" * (i + 1)) for i, (t, p) in enumerate(layout)
+    ]
     found = list(group_by_partition(messages))
     assert [(tp.topic, tp.partition, len(ev)) for tp, ev, _ in found] == runs
     assert all(isinstance(tp, TopicPartition) for tp, _, _ in found)
@@ -92,7 +114,8 @@ def test_consecutive_messages_of_one_partition_form_one_run(
 
 def test_tombstones_count_no_bytes_and_an_empty_batch_yields_nothing() -> None:
     """A value of None adds no bytes; no messages, no runs."""
-    [(_, _, nbytes)] = group_by_partition([FakeMessage("t", 0, 0, value=None),
-                                           FakeMessage("t", 0, 1, value=b"ab")])
+    [(_, _, nbytes)] = group_by_partition(
+        [FakeMessage("t", 0, 0, value=None), FakeMessage("t", 0, 1, value=b"ab")]
+    )
     assert nbytes == 2
     assert list(group_by_partition([])) == []
