@@ -39,8 +39,9 @@ def main(source: str, target: str) -> None:
     axes.axvline(1.0, color="black", linewidth=0.8)
     for limit in (0.5, 0.85):
         axes.axvline(limit, color="#2ca02c", linewidth=0.6, linestyle="--")
-    for position, value in zip(positions, medians, strict=True):
-        axes.text(value + 0.01, position, f"{value:.2f}", va="center", fontsize=7)
+    for position, entry in zip(positions, rows, strict=True):
+        axes.text(entry["ratio"]["max"] + 0.01, position,
+                  f"{entry['ratio']['median']:.2f}", va="center", fontsize=7)
     axes.set_xlabel("events/s relative to the scenario's baseline in the same round "
                     "(median, min-max)")
     m = results["machine"]
