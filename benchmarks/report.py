@@ -15,6 +15,8 @@ FIGURES: dict[str, Callable[[Row, Row | None], float | None]] = {
     "cpu_s_per_million": lambda r, b: r["cpu_s"] / r["events"] * 1e6
     if r.get("events") else None,
     "peak_rss_mb": lambda r, b: r["peak_rss_kb"] / 1024,
+    "rss_at_first_event_mb": lambda r, b: r["rss_at_first_event_kb"] / 1024
+    if r.get("rss_at_first_event_kb") else None,
     "rss_ratio": lambda r, b: r["peak_rss_kb"] / b["peak_rss_kb"] if b else None,
     "commit_p50_ms": lambda r, b: r.get("commit_p50_ms"),
     "commit_p99_ms": lambda r, b: r.get("commit_p99_ms"),

@@ -59,9 +59,11 @@ class Meter:
         self.stopped_at: float | None = None
         self._cpu_start = 0.0
         self._cpu_stop = 0.0
+        self._rss_start_kb = 0
 
     def start(self) -> None:
         if self.started_at is None:
+            self._rss_start_kb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
             self._cpu_start = _cpu_s()
             self.started_at = time.perf_counter()
 
@@ -82,6 +84,8 @@ class Meter:
             "cpu_total_s": usage.ru_utime + usage.ru_stime,
             # Linux reports ru_maxrss in KiB.
             "peak_rss_kb": usage.ru_maxrss,
+            # Peak RSS when the first event arrived: start-up and imports.
+            "rss_at_first_event_kb": self._rss_start_kb,
             **extra,
         }
 
