@@ -32,12 +32,15 @@ from streamcp.admin import (
     read_document,
     target_partitions,
 )
-from streamcp.config import Config, redact_url
+from streamcp.cli_common import (
+    EXIT_CONFIG,
+    EXIT_FAILURE,
+    format_table,
+    open_checkpoint_store,
+    redis_unavailable,
+)
+from streamcp.config import Config
 from streamcp.errors import ConfigError, StoreUnavailable, StreamcpError
-from streamcp.redis_store import RedisCheckpointStore
-
-EXIT_FAILURE = 1
-EXIT_CONFIG = 2
 
 Loader = Callable[..., Config]
 Options = Callable[[Callable[..., Any]], Callable[..., Any]]
@@ -60,10 +63,7 @@ class _Context:
     def __init__(self, config: Config) -> None:
         self.config = config
         self.group = config.kafka.group_id
-        self.store = RedisCheckpointStore.from_url(
-            config.redis.url, key_prefix=config.redis.key_prefix,
-            socket_timeout_s=config.redis.socket_timeout_s,
-            history_max_entries=config.redis.history_max_entries)
+        self.store = open_checkpoint_store(config)
         self._view: KafkaView | None = None
 
     @property
@@ -91,19 +91,13 @@ def _opened(load: Loader, args: tuple[Any, ...]) -> Iterator[_Context]:
     try:
         yield context
     except StoreUnavailable as exc:
-        _fail(f"redis at {redact_url(config.redis.url)} did not answer: {exc}")
+        redis_unavailable(config, exc)
     except KafkaUnavailable as exc:
         _fail(str(exc))
     except StreamcpError as exc:
         _fail(str(exc))
     finally:
         context.close()
-
-
-def _table(rows: list[dict[str, Any]], columns: list[str]) -> str:
-    from streamcp.cli import format_table  # noqa: PLC0415  # cli imports this module
-
-    return format_table(rows, columns)
 
 
 def _confirm(question: str, yes: bool) -> None:
@@ -148,7 +142,7 @@ def _add_lag(group: click.Group, options: Options, load: Loader) -> None:
             return
         total = sum(r["lag"] or 0 for r in rows)
         click.echo(f"group {ctx.group}: {len(rows)} partition(s), lag {total}")
-        click.echo(_table(rows, LAG_COLUMNS))
+        click.echo(format_table(rows, LAG_COLUMNS))
 
 
 def _add_set(group: click.Group, options: Options, load: Loader) -> None:
@@ -217,7 +211,7 @@ def _add_history(group: click.Group, options: Options, load: Loader) -> None:
             click.echo(json.dumps({"group": ctx.group, "history": rows}, indent=2))
             return
         click.echo(f"group {ctx.group}: {len(rows)} history entries")
-        click.echo(_table(rows, HISTORY_COLUMNS))
+        click.echo(format_table(rows, HISTORY_COLUMNS))
 
 
 def _add_export(group: click.Group, options: Options, load: Loader) -> None:
@@ -261,11 +255,11 @@ def _add_import(group: click.Group, options: Options, load: Loader) -> None:
                 _fail(f"group {ctx.group!r} already has {len(existing)} checkpoint(s) "
                       f"here; pass --force to overwrite them")
             click.echo(f"group {ctx.group}: importing {len(rows)} checkpoint(s)")
-            click.echo(_table([{"topic": tp.topic, "partition": tp.partition,
-                                "checkpoint": fields.get("offset"),
-                                "epoch": fields.get("epoch")}
-                               for tp, fields in sorted(rows.items())],
-                              ["topic", "partition", "checkpoint", "epoch"]))
+            click.echo(format_table([{"topic": tp.topic, "partition": tp.partition,
+                                      "checkpoint": fields.get("offset"),
+                                      "epoch": fields.get("epoch")}
+                                     for tp, fields in sorted(rows.items())],
+                                    ["topic", "partition", "checkpoint", "epoch"]))
             if dry_run:
                 click.echo("dry run: nothing changed")
                 return
@@ -327,7 +321,7 @@ def _change(ctx: _Context, changes: list[Change], *, yes: bool, dry_run: bool) -
     if not changes:
         _fail("no partitions to change (no such topic, and no checkpoints for it)")
     click.echo(f"group {ctx.group}: {len(changes)} partition(s)")
-    click.echo(_table([c.row() for c in changes], CHANGE_COLUMNS))
+    click.echo(format_table([c.row() for c in changes], CHANGE_COLUMNS))
     if dry_run:
         click.echo("dry run: nothing changed")
         return

@@ -8,22 +8,28 @@ from __future__ import annotations
 
 import gc
 import json
-import signal
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 import click
 
+from streamcp.cli_common import (
+    EXIT_CONFIG,
+    EXIT_FAILURE,
+    answering,
+    format_table,
+    open_checkpoint_store,
+    stop_on_signals,
+)
 from streamcp.config import Config, load_config, parse_value, redact_url
-from streamcp.errors import ConfigError, StoreUnavailable, StreamcpError
+from streamcp.errors import ConfigError, StreamcpError
 from streamcp.events import TopicPartition
 from streamcp.logs import configure_logging
+from streamcp.redis_store import RedisCheckpointStore
 from streamcp.store import Checkpoint
-
-EXIT_FAILURE = 1
-EXIT_CONFIG = 2
 
 
 def _config_options(func: Callable[..., Any]) -> Callable[..., Any]:
@@ -65,7 +71,7 @@ def _load(
     return load_config(config_path, overrides=overrides)
 
 
-def _config_error(exc: ConfigError) -> None:
+def _config_error(exc: ConfigError) -> NoReturn:
     click.echo(f"streamcp: configuration error: {exc}", err=True)
     sys.exit(EXIT_CONFIG)
 
@@ -122,7 +128,6 @@ def run(
     configuration.
     """
     from streamcp.admin import credentials_refused
-    from streamcp.redis_store import RedisCheckpointStore
     from streamcp.router import HandlerRouter
     from streamcp.service import Service
 
@@ -139,13 +144,8 @@ def run(
         router = HandlerRouter.from_config(config)
     except ConfigError as exc:
         _config_error(exc)
-        return
     configure_logging(config.log.level, config.log.format)
-    store = RedisCheckpointStore.from_url(
-        config.redis.url, key_prefix=config.redis.key_prefix,
-        socket_timeout_s=config.redis.socket_timeout_s,
-        history_max_entries=config.redis.history_max_entries,
-    )
+    store = open_checkpoint_store(config)
     refused = credentials_refused(store)
     if refused is not None:
         store.close()
@@ -155,8 +155,7 @@ def run(
     service = Service(config, store=store, router=router,
                       stop_when_caught_up=stop_when_caught_up,
                       retry_paused=retry_paused)
-    for signum in (signal.SIGTERM, signal.SIGINT):
-        signal.signal(signum, lambda *_: service.request_stop())
+    stop_on_signals(service.request_stop)
     freeze_startup_objects()
     status = service.run()
     store.close()
@@ -183,25 +182,9 @@ def checkpoints_show(
     as_json: bool,
 ) -> None:
     """Show each partition's checkpoint: the offset of the next event to process."""
-    from streamcp.redis_store import RedisCheckpointStore
-
-    try:
-        config = _load_for_store(config_path, bootstrap_servers, group, redis_url,
-                                 key_prefix, settings)
-    except ConfigError as exc:
-        _config_error(exc)
-        return
-    store = RedisCheckpointStore.from_url(config.redis.url,
-                                          key_prefix=config.redis.key_prefix,
-                                          socket_timeout_s=config.redis.socket_timeout_s)
-    try:
+    with _store_command(config_path, bootstrap_servers, group, redis_url, key_prefix,
+                        settings) as (config, store):
         found = store.read(config.kafka.group_id)
-    except StoreUnavailable as exc:
-        click.echo(f"streamcp: redis at {redact_url(config.redis.url)} did not "
-                   f"answer: {exc}", err=True)
-        sys.exit(EXIT_FAILURE)
-    finally:
-        store.close()
     rows = [checkpoint_row(cp) for cp in found.values()]
     if as_json:
         click.echo(json.dumps({"group": config.kafka.group_id, "checkpoints": rows},
@@ -240,20 +223,10 @@ def checkpoints_resume(
     import getpass
     import socket
 
-    from streamcp.redis_store import RedisCheckpointStore
-
-    try:
-        config = _load_for_store(config_path, bootstrap_servers, group, redis_url,
-                                 key_prefix, settings)
-    except ConfigError as exc:
-        _config_error(exc)
-        return
-    store = RedisCheckpointStore.from_url(config.redis.url,
-                                          key_prefix=config.redis.key_prefix,
-                                          socket_timeout_s=config.redis.socket_timeout_s)
     by = f"{getpass.getuser()}@{socket.gethostname()}"
     status = 0
-    try:
+    with _store_command(config_path, bootstrap_servers, group, redis_url, key_prefix,
+                        settings) as (config, store):
         for partition in partitions:
             tp = TopicPartition(topic, partition)
             if store.unpause(config.kafka.group_id, tp, by=by):
@@ -261,12 +234,6 @@ def checkpoints_resume(
             else:
                 click.echo(f"{tp} is not paused", err=True)
                 status = EXIT_FAILURE
-    except StoreUnavailable as exc:
-        click.echo(f"streamcp: redis at {redact_url(config.redis.url)} did not "
-                   f"answer: {exc}", err=True)
-        status = EXIT_FAILURE
-    finally:
-        store.close()
     sys.exit(status)
 
 
@@ -277,6 +244,21 @@ def _load_for_store(*args: Any) -> Config:
     if config_path is None:
         extra["kafka.topics"] = ["-"]
     return _load(config_path, bootstrap, group, redis_url, prefix, settings, extra)
+
+
+@contextmanager
+def _store_command(*args: Any) -> Iterator[tuple[Config, RedisCheckpointStore]]:
+    """The configuration and checkpoint store of a store-only command.
+
+    Exit 2 for bad configuration, 1 when Redis does not answer; the store
+    is closed in any case.
+    """
+    try:
+        config = _load_for_store(*args)
+    except ConfigError as exc:
+        _config_error(exc)
+    with answering(config, open_checkpoint_store(config, history=False)) as store:
+        yield config, store
 
 
 def checkpoint_row(cp: Checkpoint) -> dict[str, Any]:
@@ -295,15 +277,6 @@ def checkpoint_row(cp: Checkpoint) -> dict[str, Any]:
         "paused_offset": cp.paused_offset,
         "paused_reason": cp.paused_reason or None,
     }
-
-
-def format_table(rows: list[dict[str, Any]], columns: list[str]) -> str:
-    cells = [[("-" if row[c] is None or row[c] == "" else str(row[c])) for c in columns]
-             for row in rows]
-    widths = [max([len(c), *(len(r[i]) for r in cells)]) for i, c in enumerate(columns)]
-    lines = ["  ".join(c.ljust(w) for c, w in zip(columns, widths, strict=True))]
-    lines += ["  ".join(v.ljust(w) for v, w in zip(r, widths, strict=True)) for r in cells]
-    return "\n".join(line.rstrip() for line in lines)
 
 
 @main.group()
@@ -351,8 +324,9 @@ def new_handler(name: str, directory: Path | None) -> None:
 @main.command()
 @click.option("--bootstrap-servers", help="Use this broker instead of starting one.")
 @click.option("--redis-url", help="Use this Redis instead of starting one.")
-@click.option("--workdir", type=click.Path(path_type=Path), default=Path(".streamcp/demo"),
-              show_default=True, help="Where local services keep their files.")
+@click.option("--workdir", type=click.Path(path_type=Path),
+              default=Path(".streamcp/demo"), show_default=True,
+              help="Where local services keep their files.")
 def demo(bootstrap_servers: str | None, redis_url: str | None, workdir: Path) -> None:
     """Run the example on real Wikimedia events, stopping and resuming midway."""
     from streamcp.demo import run_demo

@@ -16,7 +16,8 @@ from typing import Any, NoReturn
 import click
 import confluent_kafka
 
-from streamcp.cli import EXIT_FAILURE, _config_options, format_table
+from streamcp.cli import _config_options
+from streamcp.cli_common import EXIT_FAILURE, format_table
 from streamcp.cli_replay import (
     EXIT_CANCELLED,
     _ConfigArgs,

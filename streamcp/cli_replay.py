@@ -20,14 +20,12 @@ from typing import Any, NoReturn
 import click
 
 from streamcp.cli import (
-    EXIT_CONFIG,
-    EXIT_FAILURE,
     _config_options,
     _load,
     _load_for_store,
-    format_table,
     freeze_startup_objects,
 )
+from streamcp.cli_common import EXIT_CONFIG, EXIT_FAILURE, format_table
 from streamcp.config import Config, redact_url
 from streamcp.errors import (
     ConfigError,
