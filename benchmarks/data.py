@@ -27,8 +27,10 @@ PRODUCER_SETTINGS = {
 
 def value_of(index: int, size: int) -> bytes:
     """A JSON object of exactly ``size`` bytes, unique to ``index``."""
-    head = (f'{{"id":{index},"user":"user-{index % 10_007:05d}","kind":"click",'
-            f'"amount":{index % 1000 / 10},"pad":"')
+    head = (
+        f'{{"id":{index},"user":"user-{index % 10_007:05d}","kind":"click",'
+        f'"amount":{index % 1000 / 10},"pad":"'
+    )
     pad = size - len(head) - 2
     if pad < 0:
         raise ValueError(f"event size {size} is below the minimum {len(head) + 2}")
@@ -41,8 +43,15 @@ def per_partition(events: int, partitions: int) -> list[int]:
     return [base + (1 if p < extra else 0) for p in range(partitions)]
 
 
-def produce(bootstrap: str, topic: str, events: int, partitions: int,
-            size: int, *, timeout_s: float = 600.0) -> float:
+def produce(
+    bootstrap: str,
+    topic: str,
+    events: int,
+    partitions: int,
+    size: int,
+    *,
+    timeout_s: float = 600.0,
+) -> float:
     """Produce the data set; returns the seconds it took.
 
     Records go round the partitions in turn, keyed ``k<index>``. Raises
@@ -60,8 +69,13 @@ def produce(bootstrap: str, topic: str, events: int, partitions: int,
         value = value_of(index, size)
         while True:
             try:
-                producer.produce(topic, value, f"k{index}".encode(),
-                                 partition=index % partitions, on_delivery=delivered)
+                producer.produce(
+                    topic,
+                    value,
+                    f"k{index}".encode(),
+                    partition=index % partitions,
+                    on_delivery=delivered,
+                )
                 break
             except BufferError:
                 producer.poll(0.05)
@@ -69,6 +83,8 @@ def produce(bootstrap: str, topic: str, events: int, partitions: int,
             producer.poll(0)
     remaining = producer.flush(timeout_s)
     if failures or remaining:
-        raise RuntimeError(f"{len(failures)} records failed and {remaining} were not "
-                           f"delivered to {topic!r}: {failures[:1]}")
+        raise RuntimeError(
+            f"{len(failures)} records failed and {remaining} were not "
+            f"delivered to {topic!r}: {failures[:1]}"
+        )
     return time.perf_counter() - started

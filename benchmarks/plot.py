@@ -33,20 +33,35 @@ def main(source: str, target: str) -> None:
     high = [e["ratio"]["max"] - e["ratio"]["median"] for e in rows]
     figure, axes = plt.subplots(figsize=(10, 0.32 * len(rows) + 1.6))
     positions = list(range(len(rows)))[::-1]
-    axes.barh(positions, medians, xerr=[low, high], color=[colour(e["contender"])
-              for e in rows], capsize=2)
+    axes.barh(
+        positions,
+        medians,
+        xerr=[low, high],
+        color=[colour(e["contender"]) for e in rows],
+        capsize=2,
+    )
     axes.set_yticks(positions, labels, fontsize=8)
     axes.axvline(1.0, color="black", linewidth=0.8)
     for limit in (0.5, 0.85):
         axes.axvline(limit, color="#2ca02c", linewidth=0.6, linestyle="--")
     for position, entry in zip(positions, rows, strict=True):
-        axes.text(entry["ratio"]["max"] + 0.01, position,
-                  f"{entry['ratio']['median']:.2f}", va="center", fontsize=7)
-    axes.set_xlabel("events/s relative to the scenario's baseline in the same round "
-                    "(median, min-max)")
+        axes.text(
+            entry["ratio"]["max"] + 0.01,
+            position,
+            f"{entry['ratio']['median']:.2f}",
+            va="center",
+            fontsize=7,
+        )
+    axes.set_xlabel(
+        "events/s relative to the scenario's baseline in the same round "
+        "(median, min-max)"
+    )
     m = results["machine"]
-    axes.set_title(f"streamcp benchmarks ({results['settings']['events']:,} events, "
-                   f"{m['cores']} cores, {m['cpu']})", fontsize=9)
+    axes.set_title(
+        f"streamcp benchmarks ({results['settings']['events']:,} events, "
+        f"{m['cores']} cores, {m['cpu']})",
+        fontsize=9,
+    )
     figure.tight_layout()
     figure.savefig(target, dpi=110)
 

@@ -12,11 +12,13 @@ Row = dict[str, Any]
 FIGURES: dict[str, Callable[[Row, Row | None], float | None]] = {
     "events_per_s": lambda r, b: r["events"] / r["wall_s"] if r.get("wall_s") else None,
     "ratio": lambda r, b: (_eps(r) / _eps(b)) if b and _eps(r) and _eps(b) else None,
-    "cpu_s_per_million": lambda r, b: r["cpu_s"] / r["events"] * 1e6
-    if r.get("events") else None,
+    "cpu_s_per_million": lambda r, b: (
+        r["cpu_s"] / r["events"] * 1e6 if r.get("events") else None
+    ),
     "peak_rss_mb": lambda r, b: r["peak_rss_kb"] / 1024,
-    "rss_at_first_event_mb": lambda r, b: r["rss_at_first_event_kb"] / 1024
-    if r.get("rss_at_first_event_kb") else None,
+    "rss_at_first_event_mb": lambda r, b: (
+        r["rss_at_first_event_kb"] / 1024 if r.get("rss_at_first_event_kb") else None
+    ),
     "rss_ratio": lambda r, b: r["peak_rss_kb"] / b["peak_rss_kb"] if b else None,
     "commit_p50_ms": lambda r, b: r.get("commit_p50_ms"),
     "commit_p99_ms": lambda r, b: r.get("commit_p99_ms"),
@@ -35,8 +37,12 @@ def _eps(row: Row | None) -> float | None:
 def _stats(values: list[float]) -> dict[str, float] | None:
     if not values:
         return None
-    return {"median": statistics.median(values), "min": min(values),
-            "max": max(values), "n": len(values)}
+    return {
+        "median": statistics.median(values),
+        "min": min(values),
+        "max": max(values),
+        "n": len(values),
+    }
 
 
 def _index(runs: list[Row]) -> dict[tuple[int, str, str], Row]:
@@ -51,8 +57,11 @@ def summarize(results: dict[str, Any]) -> list[dict[str, Any]]:
     for scenario in results["scenarios"]:
         base_scenario, base_contender = scenario["baseline"]
         for name in scenario["contenders"]:
-            mine = [r for r in runs if r["scenario"] == scenario["name"]
-                    and r["contender"] == name]
+            mine = [
+                r
+                for r in runs
+                if r["scenario"] == scenario["name"] and r["contender"] == name
+            ]
             entry: dict[str, Any] = {"scenario": scenario["name"], "contender": name}
             not_run = [r["not_run"] for r in mine if "not_run" in r]
             errors = [r["error"] for r in mine if "error" in r]
@@ -73,8 +82,12 @@ def summarize(results: dict[str, Any]) -> list[dict[str, Any]]:
     return summary
 
 
-def _paired(runs: list[Row], a: tuple[str, str], b: tuple[str, str],
-            figure: Callable[[Row], float | None]) -> dict[str, float] | None:
+def _paired(
+    runs: list[Row],
+    a: tuple[str, str],
+    b: tuple[str, str],
+    figure: Callable[[Row], float | None],
+) -> dict[str, float] | None:
     """Per round, figure(a) / figure(b); their median and spread."""
     by_key = _index(runs)
     rounds = sorted({r["round"] for r in runs})
@@ -98,43 +111,86 @@ def targets(results: dict[str, Any]) -> list[dict[str, Any]]:
     runs = results["runs"]
     found = []
 
-    def add(name: str, stats: dict[str, float] | None, limit: float,
-            at_least: bool, unit: str = "x") -> None:
+    def add(
+        name: str,
+        stats: dict[str, float] | None,
+        limit: float,
+        at_least: bool,
+        unit: str = "x",
+    ) -> None:
         if stats is None:
             found.append({"target": name, "met": None, "figure": None})
             return
         value = stats["median"]
         met = value >= limit if at_least else value <= limit
-        found.append({"target": name, "figure": stats, "limit": limit,
-                      "at_least": at_least, "unit": unit, "met": met})
+        found.append(
+            {
+                "target": name,
+                "figure": stats,
+                "limit": limit,
+                "at_least": at_least,
+                "unit": unit,
+                "met": met,
+            }
+        )
 
-    add("streamcp handle() / raw loop (events/s)",
+    add(
+        "streamcp handle() / raw loop (events/s)",
         _paired(runs, ("headline", "streamcp-event"), ("headline", "raw"), _eps),
-        0.5, True)
-    add("streamcp handle_batch() / raw loop (events/s)",
+        0.5,
+        True,
+    )
+    add(
+        "streamcp handle_batch() / raw loop (events/s)",
         _paired(runs, ("headline", "streamcp-batch"), ("headline", "raw"), _eps),
-        0.85, True)
-    add("streamcp json handler / raw loop with json.loads (events/s)",
+        0.85,
+        True,
+    )
+    add(
+        "streamcp json handler / raw loop with json.loads (events/s)",
         _paired(runs, ("json", "streamcp-json"), ("json", "raw-json"), _eps),
-        0.8, True)
-    add("streamcp replay / live service (events/s)",
-        _paired(runs, ("replay", "streamcp-replay"), ("headline", "streamcp-event"),
-                _eps), 0.9, True)
+        0.8,
+        True,
+    )
+    add(
+        "streamcp replay / live service (events/s)",
+        _paired(
+            runs, ("replay", "streamcp-replay"), ("headline", "streamcp-event"), _eps
+        ),
+        0.9,
+        True,
+    )
     for contender in ("streamcp-event", "streamcp-batch"):
-        add(f"{contender} peak RSS / raw loop's",
+        add(
+            f"{contender} peak RSS / raw loop's",
             _paired(runs, ("headline", contender), ("headline", "raw"), _rss),
-            1.5, False)
-        add(f"{contender} peak RSS growth, memory-large / memory-small",
-            _paired(runs, ("memory-large", contender), ("memory-small", contender),
-                    _rss), 1.10, False)
-    per_commit = [float(r["evalsha_per_commit"]) for r in runs
-                  if r.get("evalsha_per_commit") is not None]
+            1.5,
+            False,
+        )
+        add(
+            f"{contender} peak RSS growth, memory-large / memory-small",
+            _paired(
+                runs, ("memory-large", contender), ("memory-small", contender), _rss
+            ),
+            1.10,
+            False,
+        )
+    per_commit = [
+        float(r["evalsha_per_commit"])
+        for r in runs
+        if r.get("evalsha_per_commit") is not None
+    ]
     stats = _stats(per_commit)
-    found.append({
-        "target": "EVALSHA calls per commit, every run and partition count",
-        "figure": stats, "limit": 1.0, "at_least": None, "unit": "calls",
-        "met": None if stats is None else stats["min"] == stats["max"] == 1.0,
-    })
+    found.append(
+        {
+            "target": "EVALSHA calls per commit, every run and partition count",
+            "figure": stats,
+            "limit": 1.0,
+            "at_least": None,
+            "unit": "calls",
+            "met": None if stats is None else stats["min"] == stats["max"] == 1.0,
+        }
+    )
     return found
 
 
@@ -143,30 +199,51 @@ def _fmt(stats: dict[str, float] | None, pattern: str, spread: bool = True) -> s
         return "-"
     text = pattern.format(stats["median"])
     if spread and stats["n"] > 1:
-        text += " (" + pattern.format(stats["min"]) + "-" + pattern.format(
-            stats["max"]) + ")"
+        text += (
+            " ("
+            + pattern.format(stats["min"])
+            + "-"
+            + pattern.format(stats["max"])
+            + ")"
+        )
     return text
 
 
 def table(results: dict[str, Any]) -> str:
     lines = [_header(results), ""]
-    columns = ("scenario", "contender", "events/s", "ratio", "CPU s/M ev",
-               "peak RSS MB", "commit p50/p99 ms", "EVALSHA/commit")
+    columns = (
+        "scenario",
+        "contender",
+        "events/s",
+        "ratio",
+        "CPU s/M ev",
+        "peak RSS MB",
+        "commit p50/p99 ms",
+        "EVALSHA/commit",
+    )
     widths = (16, 28, 30, 20, 11, 12, 18, 14)
     lines.append("  ".join(c.ljust(w) for c, w in zip(columns, widths, strict=True)))
     for entry in results["summary"]:
         if "not_run" in entry and not entry["events_per_s"]:
-            cells = [entry["scenario"], entry["contender"],
-                     f"not run: {entry['not_run']}"]
-            lines.append("  ".join(c.ljust(w) for c, w in zip(cells, widths,
-                                                                strict=False)))
+            cells = [
+                entry["scenario"],
+                entry["contender"],
+                f"not run: {entry['not_run']}",
+            ]
+            lines.append(
+                "  ".join(c.ljust(w) for c, w in zip(cells, widths, strict=False))
+            )
             continue
         commit = "-"
         if entry["commit_p50_ms"]:
-            commit = (_fmt(entry["commit_p50_ms"], "{:.2f}", False) + " / "
-                      + _fmt(entry["commit_p99_ms"], "{:.2f}", False))
+            commit = (
+                _fmt(entry["commit_p50_ms"], "{:.2f}", False)
+                + " / "
+                + _fmt(entry["commit_p99_ms"], "{:.2f}", False)
+            )
         cells = [
-            entry["scenario"], entry["contender"],
+            entry["scenario"],
+            entry["contender"],
             _fmt(entry["events_per_s"], "{:,.0f}"),
             _fmt(entry["ratio"], "{:.2f}"),
             _fmt(entry["cpu_s_per_million"], "{:.2f}", False),
@@ -188,27 +265,32 @@ def _target_line(target: dict[str, Any]) -> str:
         return f"[ n/a ] {target['target']}: not measured"
     mark = "met" if target["met"] else "MISSED"
     sign = {True: ">=", False: "<=", None: "=="}[target["at_least"]]
-    return (f"[{mark:^6}] {target['target']}: {_fmt(target['figure'], '{:.2f}')} "
-            f"(target {sign} {target['limit']})")
+    return (
+        f"[{mark:^6}] {target['target']}: {_fmt(target['figure'], '{:.2f}')} "
+        f"(target {sign} {target['limit']})"
+    )
 
 
 def _header(results: dict[str, Any]) -> str:
     m = results["machine"]
     s = results["settings"]
     v = results["versions"]
-    return "\n".join([
-        f"streamcp benchmarks: {results['command']}",
-        f"machine: {m['cores']} cores, {m['cpu']}, {m['memory_gib']} GiB, {m['os']}, "
-        f"Python {m['python']}, load average at end {m['load_average_at_end']}",
-        f"services: kafka {results['services']['kafka']}; redis "
-        f"{results['services']['redis']} {m['redis_server']}",
-        f"data: {s['events']:,} events of {s['size']} bytes per data set "
-        f"(memory scenario: {s['memory_events']:,}), {s['rounds']} round(s), "
-        f"librdkafka settings {s['librdkafka']}",
-        "versions: " + ", ".join(f"{k} {v[k]}" for k in sorted(v)),
-        "events/s and ratio: median (min-max) over rounds; ratio is to the "
-        "scenario's baseline in the same round",
-    ])
+    return "\n".join(
+        [
+            f"streamcp benchmarks: {results['command']}",
+            f"machine: {m['cores']} cores, {m['cpu']}, {m['memory_gib']} GiB, "
+            f"{m['os']}, "
+            f"Python {m['python']}, load average at end {m['load_average_at_end']}",
+            f"services: kafka {results['services']['kafka']}; redis "
+            f"{results['services']['redis']} {m['redis_server']}",
+            f"data: {s['events']:,} events of {s['size']} bytes per data set "
+            f"(memory scenario: {s['memory_events']:,}), {s['rounds']} round(s), "
+            f"librdkafka settings {s['librdkafka']}",
+            "versions: " + ", ".join(f"{k} {v[k]}" for k in sorted(v)),
+            "events/s and ratio: median (min-max) over rounds; ratio is to the "
+            "scenario's baseline in the same round",
+        ]
+    )
 
 
 def markdown(results: dict[str, Any], plot_name: str | None = None) -> str:
@@ -241,18 +323,26 @@ def markdown(results: dict[str, Any], plot_name: str | None = None) -> str:
     ]
     for entry in results["summary"]:
         if "not_run" in entry and not entry["events_per_s"]:
-            lines.append(f"| {entry['scenario']} | {entry['contender']} | not run: "
-                         f"{entry['not_run']} | | | | | |")
+            lines.append(
+                f"| {entry['scenario']} | {entry['contender']} | not run: "
+                f"{entry['not_run']} | | | | | |"
+            )
             continue
         commit = "-"
         if entry["commit_p50_ms"]:
-            commit = (_fmt(entry["commit_p50_ms"], "{:.2f}", False) + " / "
-                      + _fmt(entry["commit_p99_ms"], "{:.2f}", False))
+            commit = (
+                _fmt(entry["commit_p50_ms"], "{:.2f}", False)
+                + " / "
+                + _fmt(entry["commit_p99_ms"], "{:.2f}", False)
+            )
         cells = [
-            entry["scenario"], entry["contender"],
-            _fmt(entry["events_per_s"], "{:,.0f}"), _fmt(entry["ratio"], "{:.2f}"),
+            entry["scenario"],
+            entry["contender"],
+            _fmt(entry["events_per_s"], "{:,.0f}"),
+            _fmt(entry["ratio"], "{:.2f}"),
             _fmt(entry["cpu_s_per_million"], "{:.2f}", False),
-            _fmt(entry["peak_rss_mb"], "{:.0f}", False), commit,
+            _fmt(entry["peak_rss_mb"], "{:.0f}", False),
+            commit,
             _fmt(entry["evalsha_per_commit"], "{:.2f}", False),
         ]
         lines.append("| " + " | ".join(cells) + " |")

@@ -59,10 +59,22 @@ def ensure(name: str, cache_dir: Path, *, quiet: bool = True) -> PeerEnv:
         return PeerEnv(name, python, versions=_versions(python, pins))
     try:
         venv.EnvBuilder(with_pip=True, clear=True).create(root)
-        command = [str(python), "-m", "pip", "install", "--disable-pip-version-check",
-                   *(["--quiet"] if quiet else []), *pins]
-        done = subprocess.run(command, capture_output=True, text=True,  # noqa: S603
-                              timeout=INSTALL_TIMEOUT_S, check=False)
+        command = [
+            str(python),
+            "-m",
+            "pip",
+            "install",
+            "--disable-pip-version-check",
+            *(["--quiet"] if quiet else []),
+            *pins,
+        ]
+        done = subprocess.run(
+            command,
+            capture_output=True,
+            text=True,
+            timeout=INSTALL_TIMEOUT_S,
+            check=False,
+        )
     except (OSError, subprocess.TimeoutExpired) as exc:
         return PeerEnv(name, None, error=f"venv not made: {exc}")
     if done.returncode != 0:
@@ -83,9 +95,13 @@ def _versions(python: Path, pins: tuple[str, ...]) -> dict[str, str]:
         "    except m.PackageNotFoundError: pass\n"
         "print(json.dumps(out))\n"
     )
-    done = subprocess.run([str(python), "-c", script, *names],  # noqa: S603
-                          capture_output=True,
-                          text=True, timeout=60, check=False)
+    done = subprocess.run(
+        [str(python), "-c", script, *names],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
     if done.returncode != 0:
         return {}
     return dict(json.loads(done.stdout))

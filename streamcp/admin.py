@@ -32,7 +32,7 @@ EXPORT_FORMAT = "streamcp-checkpoints"
 ResetTarget = Literal["earliest", "latest"]
 
 
-class KafkaUnavailable(StreamcpError):  # noqa: N818  # named like StoreUnavailable
+class KafkaUnavailable(StreamcpError):  # named like StoreUnavailable
     """The broker did not answer an operator's request."""
 
 
@@ -69,13 +69,15 @@ class KafkaView:
 
     def __init__(self, kafka: KafkaConfig, timeout_s: float = 10.0) -> None:
         settings: dict[str, Any] = dict(kafka.properties)
-        settings.update({
-            "bootstrap.servers": kafka.bootstrap_servers,
-            "group.id": kafka.group_id,
-            "enable.auto.commit": False,
-            "enable.auto.offset.store": False,
-            "logger": librdkafka_logger(),
-        })
+        settings.update(
+            {
+                "bootstrap.servers": kafka.bootstrap_servers,
+                "group.id": kafka.group_id,
+                "enable.auto.commit": False,
+                "enable.auto.offset.store": False,
+                "logger": librdkafka_logger(),
+            }
+        )
         self._timeout_s = timeout_s
         self._consumer = confluent_kafka.Consumer(settings)
 
@@ -84,8 +86,9 @@ class KafkaView:
         try:
             metadata = self._consumer.list_topics(topic, timeout=self._timeout_s)
         except confluent_kafka.KafkaException as exc:
-            raise KafkaUnavailable(f"the broker did not list topic {topic!r}: "
-                                   f"{exc}") from exc
+            raise KafkaUnavailable(
+                f"the broker did not list topic {topic!r}: {exc}"
+            ) from exc
         found = metadata.topics.get(topic)
         if found is None or found.error is not None:
             return []
@@ -95,10 +98,12 @@ class KafkaView:
         """(low, high) watermark: first offset in the log, next to be written."""
         try:
             low, high = self._consumer.get_watermark_offsets(
-                to_kafka(tp), timeout=self._timeout_s)
+                to_kafka(tp), timeout=self._timeout_s
+            )
         except confluent_kafka.KafkaException as exc:
-            raise KafkaUnavailable(f"the broker did not answer the watermarks of "
-                                   f"{tp}: {exc}") from exc
+            raise KafkaUnavailable(
+                f"the broker did not answer the watermarks of {tp}: {exc}"
+            ) from exc
         return int(low), int(high)
 
     def committed(self, parts: Sequence[TopicPartition]) -> dict[TopicPartition, int]:
@@ -106,13 +111,18 @@ class KafkaView:
         if not parts:
             return {}
         try:
-            answered = self._consumer.committed([to_kafka(tp) for tp in parts],
-                                                timeout=self._timeout_s)
+            answered = self._consumer.committed(
+                [to_kafka(tp) for tp in parts], timeout=self._timeout_s
+            )
         except confluent_kafka.KafkaException as exc:
-            raise KafkaUnavailable(f"the broker did not answer the group's "
-                                   f"offsets: {exc}") from exc
-        return {TopicPartition(p.topic, p.partition): int(p.offset)
-                for p in answered if p.error is None and p.offset >= 0}
+            raise KafkaUnavailable(
+                f"the broker did not answer the group's offsets: {exc}"
+            ) from exc
+        return {
+            TopicPartition(p.topic, p.partition): int(p.offset)
+            for p in answered
+            if p.error is None and p.offset >= 0
+        }
 
     def offsets_for_time(
         self, parts: Sequence[TopicPartition], at: datetime
@@ -122,13 +132,16 @@ class KafkaView:
         A partition with no such event gets its high watermark.
         """
         millis = int(at.timestamp() * 1000)
-        query = [confluent_kafka.TopicPartition(tp.topic, tp.partition, millis)
-                 for tp in parts]
+        query = [
+            confluent_kafka.TopicPartition(tp.topic, tp.partition, millis)
+            for tp in parts
+        ]
         try:
             answered = self._consumer.offsets_for_times(query, timeout=self._timeout_s)
         except confluent_kafka.KafkaException as exc:
-            raise KafkaUnavailable(f"the broker did not look up offsets for "
-                                   f"{at.isoformat()}: {exc}") from exc
+            raise KafkaUnavailable(
+                f"the broker did not look up offsets for {at.isoformat()}: {exc}"
+            ) from exc
         found = {}
         for p in answered:
             tp = TopicPartition(p.topic, p.partition)
@@ -163,17 +176,19 @@ def lag_rows(
         low, high = view.watermarks(tp)
         checkpoint = cp.offset if cp is not None else None
         base = checkpoint if checkpoint is not None else low
-        rows.append({
-            "topic": tp.topic,
-            "partition": tp.partition,
-            "checkpoint": checkpoint,
-            "high_watermark": high,
-            "lag": max(0, high - base) if high >= 0 and base >= 0 else None,
-            "checkpoint_age_s": _age(cp, at),
-            "committed_by": committed_by(cp) if cp is not None else "",
-            "owner": cp.owner if cp is not None else "",
-            "kafka_committed": mirrored.get(tp),
-        })
+        rows.append(
+            {
+                "topic": tp.topic,
+                "partition": tp.partition,
+                "checkpoint": checkpoint,
+                "high_watermark": high,
+                "lag": max(0, high - base) if high >= 0 and base >= 0 else None,
+                "checkpoint_age_s": _age(cp, at),
+                "committed_by": committed_by(cp) if cp is not None else "",
+                "owner": cp.owner if cp is not None else "",
+                "kafka_committed": mirrored.get(tp),
+            }
+        )
     return rows
 
 
@@ -203,10 +218,13 @@ class Change:
     owner: str
 
     def row(self) -> dict[str, Any]:
-        return {"topic": self.topic_partition.topic,
-                "partition": self.topic_partition.partition,
-                "checkpoint": self.current, "new_checkpoint": self.new,
-                "owner": self.owner}
+        return {
+            "topic": self.topic_partition.topic,
+            "partition": self.topic_partition.partition,
+            "checkpoint": self.current,
+            "new_checkpoint": self.new,
+            "owner": self.owner,
+        }
 
 
 def target_partitions(
@@ -246,8 +264,12 @@ def plan_changes(
         raise ValueError("plan_changes needs one of offset, at and to")
     stored = store.read(group, parts)
     return [
-        Change(tp, stored[tp].offset if tp in stored else None, wanted[tp],
-               stored[tp].owner if tp in stored else "")
+        Change(
+            tp,
+            stored[tp].offset if tp in stored else None,
+            wanted[tp],
+            stored[tp].owner if tp in stored else "",
+        )
         for tp in parts
     ]
 
@@ -284,8 +306,10 @@ def read_document(document: Any) -> dict[TopicPartition, dict[str, str]]:
     if not isinstance(document, Mapping) or document.get("format") != EXPORT_FORMAT:
         raise ValueError(f"not a {EXPORT_FORMAT} document")
     if document.get("layout") != LAYOUT_VERSION:
-        raise ValueError(f"layout {document.get('layout')!r} is not "
-                         f"{LAYOUT_VERSION!r}, the one this version reads")
+        raise ValueError(
+            f"layout {document.get('layout')!r} is not "
+            f"{LAYOUT_VERSION!r}, the one this version reads"
+        )
     rows: dict[TopicPartition, dict[str, str]] = {}
     for item in document.get("checkpoints", []):
         try:

@@ -66,8 +66,11 @@ class _Tolerant:
         return self._inner.decode(data)
 
 
-_BUILT_IN: dict[str, type[Any]] = {"bytes": BytesCodec, "text": TextCodec,
-                                   "json": JsonCodec}
+_BUILT_IN: dict[str, type[Any]] = {
+    "bytes": BytesCodec,
+    "text": TextCodec,
+    "json": JsonCodec,
+}
 
 
 def codec_by_name(name: str | Any, field: str, *, tombstones: bool = False) -> Codec:
@@ -82,14 +85,16 @@ def codec_by_name(name: str | Any, field: str, *, tombstones: bool = False) -> C
         try:
             codec = getattr(importlib.import_module(module_name), attribute)
         except (ImportError, AttributeError) as exc:
-            raise ConfigError(f"handler.{field}_codec",
-                              f"cannot load codec {name!r}: {exc}") from exc
+            raise ConfigError(
+                f"handler.{field}_codec", f"cannot load codec {name!r}: {exc}"
+            ) from exc
         if isinstance(codec, type):
             codec = codec()
     else:
-        raise ConfigError(f"handler.{field}_codec",
-                          f"unknown codec {name!r}; expected bytes, text, json "
-                          f"or module:attribute")
+        raise ConfigError(
+            f"handler.{field}_codec",
+            f"unknown codec {name!r}; expected bytes, text, json or module:attribute",
+        )
     if not callable(getattr(codec, "decode", None)):
         raise ConfigError(f"handler.{field}_codec", f"{name!r} has no decode method")
     if tombstones and not getattr(codec, "tombstones", False):

@@ -79,9 +79,7 @@ class KafkaConfig:
     topics: tuple[str, ...] = ()
     topic_pattern: str | None = None
     assignor: Literal["range", "roundrobin", "cooperative-sticky"] = "range"
-    isolation_level: Literal["read_committed", "read_uncommitted"] = (
-        "read_committed"
-    )
+    isolation_level: Literal["read_committed", "read_uncommitted"] = "read_committed"
     session_timeout_ms: int = 10_000
     max_poll_interval_ms: int = 300_000
     group_instance_id: str | None = None
@@ -106,10 +104,16 @@ class KafkaConfig:
         )
         if self.topic_pattern is not None:
             _check_pattern(self.topic_pattern)
-        _check_choice(self.assignor, ("range", "roundrobin", "cooperative-sticky"),
-                      "kafka.assignor")
-        _check_choice(self.isolation_level, ("read_committed", "read_uncommitted"),
-                      "kafka.isolation_level")
+        _check_choice(
+            self.assignor,
+            ("range", "roundrobin", "cooperative-sticky"),
+            "kafka.assignor",
+        )
+        _check_choice(
+            self.isolation_level,
+            ("read_committed", "read_uncommitted"),
+            "kafka.isolation_level",
+        )
         _check_positive_int(self.session_timeout_ms, "kafka.session_timeout_ms")
         _check_positive_int(self.max_poll_interval_ms, "kafka.max_poll_interval_ms")
         _check_properties(self.properties)
@@ -137,8 +141,11 @@ def _check_pattern(pattern: str) -> None:
 def _check_properties(properties: Mapping[str, Any]) -> None:
     for name, value in properties.items():
         where = f"kafka.properties.{name!r}"
-        _require(isinstance(value, str | int | float | bool), where,
-                 "must be a string, number or boolean")
+        _require(
+            isinstance(value, str | int | float | bool),
+            where,
+            "must be a string, number or boolean",
+        )
         if name in _FORBIDDEN_TRUE:
             _require(
                 str(value).lower() in ("false", "0"),
@@ -146,14 +153,24 @@ def _check_properties(properties: Mapping[str, Any]) -> None:
                 "must stay false: streamcp commits checkpoints only after "
                 "the handler succeeded",
             )
-        _require(name not in _OWNED_PROPERTIES, where,
-                 "is set by streamcp; use the kafka section's own field")
+        _require(
+            name not in _OWNED_PROPERTIES,
+            where,
+            "is set by streamcp; use the kafka section's own field",
+        )
 
 
 # One server, a Redis Cluster or a primary found through Sentinel (see
 # streamcp.redis_client for the URL forms).
-REDIS_URL_SCHEMES = ("redis://", "rediss://", "unix://", "redis+cluster://",
-                     "rediss+cluster://", "redis+sentinel://", "rediss+sentinel://")
+REDIS_URL_SCHEMES = (
+    "redis://",
+    "rediss://",
+    "unix://",
+    "redis+cluster://",
+    "rediss+cluster://",
+    "redis+sentinel://",
+    "rediss+sentinel://",
+)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -207,11 +224,17 @@ class CommitConfig:
 
     def __post_init__(self) -> None:
         _check_type(self.every_events, (int,), "commit.every_events")
-        _require(self.every_events >= 0, "commit.every_events",
-                 f"must be 0 (off) or positive, got {self.every_events!r}")
+        _require(
+            self.every_events >= 0,
+            "commit.every_events",
+            f"must be 0 (off) or positive, got {self.every_events!r}",
+        )
         _check_type(self.every_seconds, (int, float), "commit.every_seconds")
-        _require(self.every_seconds >= 0, "commit.every_seconds",
-                 f"must be 0 (off) or positive, got {self.every_seconds!r}")
+        _require(
+            self.every_seconds >= 0,
+            "commit.every_seconds",
+            f"must be 0 (off) or positive, got {self.every_seconds!r}",
+        )
         _require(
             self.every_events > 0 or self.every_seconds > 0,
             "commit.every_events",
@@ -243,14 +266,17 @@ class ConsumerConfig:
         _check_positive_int(self.max_in_flight_events, "consumer.max_in_flight_events")
         _check_positive_int(self.max_in_flight_bytes, "consumer.max_in_flight_bytes")
         _check_positive_number(self.drain_timeout_s, "consumer.drain_timeout_s")
-        _check_choice(self.start_policy, ("earliest", "latest", "fail"),
-                      "consumer.start_policy")
+        _check_choice(
+            self.start_policy, ("earliest", "latest", "fail"), "consumer.start_policy"
+        )
         _check_choice(self.ordering, ("partition", "key"), "consumer.ordering")
         _check_positive_int(self.concurrency, "consumer.concurrency")
-        _check_positive_number(self.dead_letter_timeout_s,
-                               "consumer.dead_letter_timeout_s")
-        _check_choice(self.on_store_loss, ("fail", "recover_from_kafka"),
-                      "consumer.on_store_loss")
+        _check_positive_number(
+            self.dead_letter_timeout_s, "consumer.dead_letter_timeout_s"
+        )
+        _check_choice(
+            self.on_store_loss, ("fail", "recover_from_kafka"), "consumer.on_store_loss"
+        )
 
 
 POLICY_FIELDS = (
@@ -318,8 +344,11 @@ def split_address(address: str) -> tuple[str, int]:
     """``(host, port)`` of ``host:port`` or ``[v6 host]:port``."""
     host, sep, port = address.rpartition(":")
     host = host.strip("[]")
-    _require(bool(sep and host) and port.isdigit() and int(port) <= 65535,
-             "metrics.address", f"expected host:port, got {address!r}")
+    _require(
+        bool(sep and host) and port.isdigit() and int(port) <= 65535,
+        "metrics.address",
+        f"expected host:port, got {address!r}",
+    )
     return host, int(port)
 
 
@@ -349,12 +378,18 @@ class Config:
         # callback, where the consumer cannot poll: past max.poll.interval.ms
         # the group would evict it.
         poll_ms = self.kafka.max_poll_interval_ms
-        _require(self.kafka.session_timeout_ms <= poll_ms, "kafka.max_poll_interval_ms",
-                 f"must be at least kafka.session_timeout_ms "
-                 f"({self.kafka.session_timeout_ms}), got {poll_ms}")
-        _require(self.consumer.drain_timeout_s * 1000 < poll_ms, "consumer.drain_timeout_s",
-                 f"must be shorter than kafka.max_poll_interval_ms ({poll_ms} ms), got "
-                 f"{self.consumer.drain_timeout_s!r}")
+        _require(
+            self.kafka.session_timeout_ms <= poll_ms,
+            "kafka.max_poll_interval_ms",
+            f"must be at least kafka.session_timeout_ms "
+            f"({self.kafka.session_timeout_ms}), got {poll_ms}",
+        )
+        _require(
+            self.consumer.drain_timeout_s * 1000 < poll_ms,
+            "consumer.drain_timeout_s",
+            f"must be shorter than kafka.max_poll_interval_ms ({poll_ms} ms), got "
+            f"{self.consumer.drain_timeout_s!r}",
+        )
         named = [("handler", self.handler)] + [
             (f"handlers.{topic}", h) for topic, h in self.handlers.items()
         ]
@@ -362,15 +397,19 @@ class Config:
             timeout = handler.policy.get("timeout_s") if handler else None
             if timeout is None or not isinstance(timeout, int | float):
                 continue
-            _require(timeout * 1000 < poll_ms, f"{where}.timeout_s",
-                     f"must be shorter than kafka.max_poll_interval_ms ({poll_ms} ms): "
-                     f"a call revoked mid-way is waited for inside the rebalance, "
-                     f"got {timeout!r}")
+            _require(
+                timeout * 1000 < poll_ms,
+                f"{where}.timeout_s",
+                f"must be shorter than kafka.max_poll_interval_ms ({poll_ms} ms): "
+                f"a call revoked mid-way is waited for inside the rebalance, "
+                f"got {timeout!r}",
+            )
 
 
 def _check_choice(value: Any, choices: tuple[str, ...], name: str) -> None:
-    _require(value in choices, name,
-             f"must be one of {', '.join(choices)}, got {value!r}")
+    _require(
+        value in choices, name, f"must be one of {', '.join(choices)}, got {value!r}"
+    )
 
 
 def _check_positive_int(value: Any, name: str) -> None:
@@ -421,7 +460,9 @@ def _read_file(path: Path) -> dict[str, Any]:
     except FileNotFoundError as exc:
         raise ConfigError("--config", f"no such file: {str(path)!r}") from exc
     except tomllib.TOMLDecodeError as exc:
-        raise ConfigError("--config", f"{str(path)!r} is not valid TOML: {exc}") from exc
+        raise ConfigError(
+            "--config", f"{str(path)!r} is not valid TOML: {exc}"
+        ) from exc
 
 
 def _env_overrides(environ: Mapping[str, str]) -> dict[str, Any]:
@@ -429,7 +470,7 @@ def _env_overrides(environ: Mapping[str, str]) -> dict[str, Any]:
     for name, text in environ.items():
         if not name.startswith(ENV_PREFIX) or "__" not in name:
             continue
-        dotted = name[len(ENV_PREFIX):].lower().replace("__", ".")
+        dotted = name[len(ENV_PREFIX) :].lower().replace("__", ".")
         if dotted.split(".")[0] not in (*_SECTIONS, "handler"):
             continue
         found[dotted] = parse_value(text)
@@ -448,7 +489,7 @@ def _set_dotted(raw: dict[str, Any], dotted: str, value: Any) -> None:
     if dotted.startswith("kafka.properties."):
         # librdkafka property names hold dots themselves: take the rest whole.
         parents = ["kafka", "properties"]
-        leaf = dotted[len("kafka.properties."):].strip("'\"")
+        leaf = dotted[len("kafka.properties.") :].strip("'\"")
     else:
         *parents, leaf = dotted.split(".")
     node = raw
@@ -464,8 +505,11 @@ def build_config(raw: Mapping[str, Any]) -> Config:
     """A validated :class:`Config` from parsed TOML tables."""
     known = {*_SECTIONS, "handler", "handlers"}
     for name in raw:
-        _require(name in known, str(name),
-                 f"unknown section; expected one of {', '.join(sorted(known))}")
+        _require(
+            name in known,
+            str(name),
+            f"unknown section; expected one of {', '.join(sorted(known))}",
+        )
     sections = {
         name: _build_section(cls, name, raw.get(name, {}))
         for name, cls in _SECTIONS.items()
@@ -490,8 +534,11 @@ def _build_section(cls: type[Any], name: str, value: Any) -> Any:
     table = dict(_table(value, name))
     names = {f.name for f in fields(cls)}
     for key in table:
-        _require(key in names, f"{name}.{key}",
-                 f"unknown field; expected one of {', '.join(sorted(names))}")
+        _require(
+            key in names,
+            f"{name}.{key}",
+            f"unknown field; expected one of {', '.join(sorted(names))}",
+        )
     if "topics" in table:
         topics = table["topics"]
         if isinstance(topics, str):
@@ -510,8 +557,11 @@ def _build_handler(name: str, value: Any) -> HandlerConfig:
     table = dict(_table(value, name))
     allowed = ("name", "options", *POLICY_FIELDS)
     for key in table:
-        _require(key in allowed, f"{name}.{key}",
-                 f"unknown field; expected one of {', '.join(allowed)}")
+        _require(
+            key in allowed,
+            f"{name}.{key}",
+            f"unknown field; expected one of {', '.join(allowed)}",
+        )
     _require("name" in table, f"{name}.name", "is missing")
     options = _table(table.get("options", {}), f"{name}.options")
     policy = {key: table[key] for key in POLICY_FIELDS if key in table}

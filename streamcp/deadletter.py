@@ -55,7 +55,9 @@ def dead_letter_headers(
         "original.topic": event.topic,
         "original.partition": str(event.partition),
         "original.offset": str(event.offset),
-        "original.timestamp": "" if event.timestamp_ms is None else str(event.timestamp_ms),
+        "original.timestamp": ""
+        if event.timestamp_ms is None
+        else str(event.timestamp_ms),
         "error.type": type(error).__name__,
         "error.message": str(error)[:MAX_MESSAGE_CHARS],
         "attempts": str(attempts),
@@ -65,7 +67,8 @@ def dead_letter_headers(
     # The event's own headers as they were (a null value stays null), less
     # any streamcp.* headers of an earlier dead-lettering, which these replace.
     headers: list[tuple[str, str | bytes | None]] = [
-        (name, value) for name, value in event.headers
+        (name, value)
+        for name, value in event.headers
         if not name.startswith(HEADER_PREFIX)
     ]
     headers += [(HEADER_PREFIX + name, value.encode()) for name, value in ours.items()]
@@ -124,7 +127,12 @@ class DeadLetters:
         self._lock = threading.Lock()
 
     def send(
-        self, topic: str, event: Event, error: BaseException, attempts: int, handler: str
+        self,
+        topic: str,
+        event: Event,
+        error: BaseException,
+        attempts: int,
+        handler: str,
     ) -> bool:
         """Produce the dead-letter record and wait for the broker's answer."""
         done = threading.Event()
@@ -137,11 +145,22 @@ class DeadLetters:
         headers = dead_letter_headers(event, error, attempts, handler)
         try:
             with self._lock:
-                self._producer.produce(topic, key=event.key, value=event.value,
-                                       headers=headers, on_delivery=on_delivery)
+                self._producer.produce(
+                    topic,
+                    key=event.key,
+                    value=event.value,
+                    headers=headers,
+                    on_delivery=on_delivery,
+                )
         except (BufferError, confluent_kafka.KafkaException) as exc:
-            log.warning("dead_letter.failed", topic=event.topic, partition=event.partition,
-                        offset=event.offset, dead_letter_topic=topic, error=str(exc))
+            log.warning(
+                "dead_letter.failed",
+                topic=event.topic,
+                partition=event.partition,
+                offset=event.offset,
+                dead_letter_topic=topic,
+                error=str(exc),
+            )
             return False
         deadline = self._timeout_s + 5.0
         waited = 0.0
@@ -150,11 +169,23 @@ class DeadLetters:
             waited += 0.05
         err = outcome[0] if outcome else "no answer from the broker"
         if err is not None:
-            log.warning("dead_letter.failed", topic=event.topic, partition=event.partition,
-                        offset=event.offset, dead_letter_topic=topic, error=str(err))
+            log.warning(
+                "dead_letter.failed",
+                topic=event.topic,
+                partition=event.partition,
+                offset=event.offset,
+                dead_letter_topic=topic,
+                error=str(err),
+            )
             return False
-        log.info("dead_letter.produced", topic=event.topic, partition=event.partition,
-                 offset=event.offset, dead_letter_topic=topic, attempts=attempts)
+        log.info(
+            "dead_letter.produced",
+            topic=event.topic,
+            partition=event.partition,
+            offset=event.offset,
+            dead_letter_topic=topic,
+            attempts=attempts,
+        )
         return True
 
     def close(self) -> None:

@@ -61,12 +61,20 @@ WAIT_S = 60.0
 EXIT_WAIT_S = 30.0
 
 NAMESPACES = {
-    0: "articles", 1: "Talk", 2: "User", 3: "User talk", 4: "Wikipedia",
-    5: "Wikipedia talk", 6: "File", 10: "Template", 14: "Category", 118: "Draft",
+    0: "articles",
+    1: "Talk",
+    2: "User",
+    3: "User talk",
+    4: "Wikipedia",
+    5: "Wikipedia talk",
+    6: "File",
+    10: "Template",
+    14: "Category",
+    118: "Draft",
 }
 
 
-class DemoFailed(Exception):  # noqa: N818  # reads as the outcome it reports
+class DemoFailed(Exception):  # reads as the outcome it reports
     """A step of the demo did not come out as it must; the message says how."""
 
 
@@ -88,8 +96,11 @@ def run_demo(
         print(f"\nstreamcp demo: FAILED: {exc}", file=sys.stderr, flush=True)
         return 1
     except (KafkaException, redis.RedisError) as exc:
-        print(f"\nstreamcp demo: FAILED: {type(exc).__name__}: {exc}",
-              file=sys.stderr, flush=True)
+        print(
+            f"\nstreamcp demo: FAILED: {type(exc).__name__}: {exc}",
+            file=sys.stderr,
+            flush=True,
+        )
         return 1
     say(f"\nDemo finished in {time.monotonic() - started:.1f} s.")
     return 0
@@ -109,8 +120,9 @@ def heading(text: str) -> None:
 @contextmanager
 def _kafka(bootstrap_servers: str | None, workdir: Path) -> Iterator[KafkaService]:
     if bootstrap_servers:
-        kafka = KafkaService(bootstrap_servers=bootstrap_servers, kind="external",
-                             is_apache_kafka=False)
+        kafka = KafkaService(
+            bootstrap_servers=bootstrap_servers, kind="external", is_apache_kafka=False
+        )
         try:
             kafka.admin().list_topics(timeout=10)
         except KafkaException as exc:
@@ -120,8 +132,10 @@ def _kafka(bootstrap_servers: str | None, workdir: Path) -> Iterator[KafkaServic
         say(f"Kafka: {bootstrap_servers} (given with --bootstrap-servers)")
     else:
         kafka = provide_kafka(KAFKA_ENV, workdir / "kafka")
-        say(f"Kafka: {kafka.bootstrap_servers} ({_origin(kafka.kind, KAFKA_ENV)}"
-            f"{_log_note(kafka.log_path)})")
+        say(
+            f"Kafka: {kafka.bootstrap_servers} ({_origin(kafka.kind, KAFKA_ENV)}"
+            f"{_log_note(kafka.log_path)})"
+        )
     try:
         yield kafka
     finally:
@@ -133,8 +147,9 @@ def _kafka(bootstrap_servers: str | None, workdir: Path) -> Iterator[KafkaServic
 @contextmanager
 def _redis(redis_url: str | None, workdir: Path) -> Iterator[str]:
     if redis_url:
-        client = redis.Redis.from_url(redis_url, socket_timeout=5,
-                                      socket_connect_timeout=5)
+        client = redis.Redis.from_url(
+            redis_url, socket_timeout=5, socket_connect_timeout=5
+        )
         try:
             client.ping()
         except redis.RedisError as exc:
@@ -147,8 +162,10 @@ def _redis(redis_url: str | None, workdir: Path) -> Iterator[str]:
         yield redis_url
         return
     service = provide_redis(REDIS_ENV, workdir / "redis")
-    say(f"Redis: {redact_url(service.url)} ({_origin(service.kind, REDIS_ENV)}"
-        f"{_log_note(service.log_path)})")
+    say(
+        f"Redis: {redact_url(service.url)} ({_origin(service.kind, REDIS_ENV)}"
+        f"{_log_note(service.log_path)})"
+    )
     try:
         yield service.url
     finally:
@@ -158,9 +175,11 @@ def _redis(redis_url: str | None, workdir: Path) -> Iterator[str]:
 
 
 def _origin(kind: str, env_var: str) -> str:
-    return {"external": f"from {env_var}",
-            "container": "a container started for the demo",
-            "local": "started for the demo on 127.0.0.1"}.get(kind, kind)
+    return {
+        "external": f"from {env_var}",
+        "container": "a container started for the demo",
+        "local": "started for the demo on 127.0.0.1",
+    }.get(kind, kind)
 
 
 def _log_note(path: Path | None) -> str:
@@ -200,11 +219,14 @@ class _Demo:
     def load_topic(self) -> None:
         heading("Loading the events")
         self.kafka.create_topic(self.topic, PARTITIONS)
-        produce_records(self.kafka.bootstrap_servers, self.topic,
-                        sample_records(DATA_FILE))
+        produce_records(
+            self.kafka.bootstrap_servers, self.topic, sample_records(DATA_FILE)
+        )
         self.ends = self.partition_ends()
-        say(f"{len(self.records)} events from {DATA_FILE.name}, keyed by page title "
-            f"and stamped with their own time,")
+        say(
+            f"{len(self.records)} events from {DATA_FILE.name}, keyed by page title "
+            f"and stamped with their own time,"
+        )
         say(f"into the new topic {self.topic} ({PARTITIONS} partitions):")
         for partition, end in sorted(self.ends.items()):
             say(f"  partition {partition}: {end} events (offsets 0-{end - 1})")
@@ -215,8 +237,9 @@ class _Demo:
             )
 
     def partition_ends(self) -> dict[int, int]:
-        return partition_ends(self.kafka.bootstrap_servers, self.topic,
-                              range(PARTITIONS))
+        return partition_ends(
+            self.kafka.bootstrap_servers, self.topic, range(PARTITIONS)
+        )
 
     def write_config(self) -> None:
         q = json.dumps  # a JSON string is a TOML basic string
@@ -253,28 +276,36 @@ delay_ms = {FIRST_RUN_DELAY_MS}
 """)
         heading("The service's configuration")
         say(f"Config file: {self.config_path}")
-        say(f"Consumer group {self.group}; checkpoints in Redis under "
-            f"streamcp:v1:{{{self.group}}}:*")
+        say(
+            f"Consumer group {self.group}; checkpoints in Redis under "
+            f"streamcp:v1:{{{self.group}}}:*"
+        )
         say(f"Handler: wikistats, statistics in Redis under {{{self.stats_prefix}}}:*")
 
     # -- the two runs ----------------------------------------------------------
 
     def first_run(self) -> dict[int, int | None]:
-        heading(f"First run: sleeps {FIRST_RUN_DELAY_MS} ms per event; SIGTERM once "
-                f"{STOP_AFTER_EVENTS} events are counted")
+        heading(
+            f"First run: sleeps {FIRST_RUN_DELAY_MS} ms per event; SIGTERM once "
+            f"{STOP_AFTER_EVENTS} events are counted"
+        )
         log_path = self.workdir / "run-1.log"
         argv = ["run", "--config", str(self.config_path)]
         say(f"$ streamcp {' '.join(argv)}    (log: {log_path})")
         with _service(argv, log_path) as proc:
             began = time.monotonic()
             counted = self.wait_for_events(proc, log_path, STOP_AFTER_EVENTS)
-            say(f"{counted} events counted after {time.monotonic() - began:.1f} s: "
-                f"sending SIGTERM")
+            say(
+                f"{counted} events counted after {time.monotonic() - began:.1f} s: "
+                f"sending SIGTERM"
+            )
             proc.send_signal(signal.SIGTERM)
             status = _wait_exit(proc, log_path)
         if status != 0:
-            raise DemoFailed(f"the first run exited with status {status} after "
-                             f"SIGTERM, not 0{_tail(log_path)}")
+            raise DemoFailed(
+                f"the first run exited with status {status} after "
+                f"SIGTERM, not 0{_tail(log_path)}"
+            )
         say("It stopped gracefully (exit status 0), committing what it had handled.")
         stored = self.checkpoints()
         say("\nCheckpoints after the first run (the next offset to process):")
@@ -283,15 +314,21 @@ delay_ms = {FIRST_RUN_DELAY_MS}
             if offset is None:
                 say(f"  partition {partition}: no checkpoint yet ({end} to process)")
             else:
-                say(f"  partition {partition}: {offset:>3} of {end}  "
-                    f"({end - offset} still to process)")
+                say(
+                    f"  partition {partition}: {offset:>3} of {end}  "
+                    f"({end - offset} still to process)"
+                )
         done = sum(offset or 0 for offset in stored.values())
         counted_now = read_stats(self.client, self.stats_prefix)["events"]
-        say(f"Events behind the checkpoints: {done}; events counted in Redis: "
-            f"{counted_now}.")
+        say(
+            f"Events behind the checkpoints: {done}; events counted in Redis: "
+            f"{counted_now}."
+        )
         if all(offset == self.ends[p] for p, offset in stored.items()):
-            say("(Note: the first run got through everything before it stopped; "
-                "the resume below has nothing left to do.)")
+            say(
+                "(Note: the first run got through everything before it stopped; "
+                "the resume below has nothing left to do.)"
+            )
         return stored
 
     def wait_for_events(
@@ -303,27 +340,40 @@ delay_ms = {FIRST_RUN_DELAY_MS}
             if counted >= wanted:
                 return counted
             if proc.poll() is not None:
-                raise DemoFailed(f"the first run exited with status {proc.returncode} "
-                                 f"before counting {wanted} events{_tail(log_path)}")
+                raise DemoFailed(
+                    f"the first run exited with status {proc.returncode} "
+                    f"before counting {wanted} events{_tail(log_path)}"
+                )
             time.sleep(0.05)
-        raise DemoFailed(f"the first run did not count {wanted} events within "
-                         f"{WAIT_S:.0f} s{_tail(log_path)}")
+        raise DemoFailed(
+            f"the first run did not count {wanted} events within "
+            f"{WAIT_S:.0f} s{_tail(log_path)}"
+        )
 
     def second_run(self, stored: dict[int, int | None]) -> None:
         heading("Second run: no delay, stops by itself once caught up")
         log_path = self.workdir / "run-2.log"
-        argv = ["run", "--config", str(self.config_path),
-                "--set", "handler.options.delay_ms=0", "--stop-when-caught-up"]
+        argv = [
+            "run",
+            "--config",
+            str(self.config_path),
+            "--set",
+            "handler.options.delay_ms=0",
+            "--stop-when-caught-up",
+        ]
         say(f"$ streamcp {' '.join(argv)}")
         say(f"  (log: {log_path})")
         began = time.monotonic()
         with _service(argv, log_path) as proc:
             status = _wait_exit(proc, log_path, WAIT_S)
         if status != 0:
-            raise DemoFailed(f"the second run exited with status {status}, "
-                             f"not 0{_tail(log_path)}")
-        say(f"It caught up and exited with status 0 after "
-            f"{time.monotonic() - began:.1f} s.")
+            raise DemoFailed(
+                f"the second run exited with status {status}, not 0{_tail(log_path)}"
+            )
+        say(
+            f"It caught up and exited with status 0 after "
+            f"{time.monotonic() - began:.1f} s."
+        )
         resumed = self.resumed_at(log_path)
         say("\nWhere the second run started (its partition.resumed log lines):")
         say("  partition  stored checkpoint after first run  second run resumed at")
@@ -344,9 +394,11 @@ delay_ms = {FIRST_RUN_DELAY_MS}
         say("Every partition resumed exactly at its stored checkpoint.")
         fresh = [p for p in range(PARTITIONS) if stored.get(p) is None]
         if fresh:
-            say(f"(Partition {', '.join(map(str, fresh))}: nothing handled in the "
+            say(
+                f"(Partition {', '.join(map(str, fresh))}: nothing handled in the "
                 f"first run, so no checkpoint;\n the second run started it from the "
-                f"beginning, as consumer.start_policy = earliest says.)")
+                f"beginning, as consumer.start_policy = earliest says.)"
+            )
 
     def resumed_at(self, log_path: Path) -> dict[int, int | None]:
         """Partition -> checkpoint the service resumed at (None: no checkpoint)."""
@@ -411,8 +463,10 @@ def show_stats(stats: Stats, top: int = 5) -> None:
     pages = sorted(stats["bytes_added_by_page"].items(), key=lambda kv: (-kv[1], kv[0]))
     for title, added in pages[:top]:
         say(f"  {added:>+6}  {title}")
-    say(f"Bots vs people: {stats['bot_edits']} edits by bots, "
-        f"{stats['human_edits']} by people")
+    say(
+        f"Bots vs people: {stats['bot_edits']} edits by bots, "
+        f"{stats['human_edits']} by people"
+    )
 
 
 def _differences(got: Stats, expected: Stats) -> str:
@@ -438,8 +492,11 @@ def _service_command() -> list[str]:
 
 def _child_env() -> dict[str, str]:
     # STREAMCP_<SECTION>__<FIELD> variables would override the demo's config.
-    return {k: v for k, v in os.environ.items()
-            if not (k.startswith("STREAMCP_") and "__" in k)}
+    return {
+        k: v
+        for k, v in os.environ.items()
+        if not (k.startswith("STREAMCP_") and "__" in k)
+    }
 
 
 @contextmanager
@@ -447,8 +504,11 @@ def _service(argv: Sequence[str], log_path: Path) -> Iterator[subprocess.Popen[b
     """``streamcp ARGV`` with its output in ``log_path``; killed if left running."""
     with log_path.open("wb") as log:
         proc = subprocess.Popen(  # noqa: S603  # our own interpreter and arguments
-            [*_service_command(), *argv], stdin=subprocess.DEVNULL,
-            stdout=log, stderr=subprocess.STDOUT, env=_child_env(),
+            [*_service_command(), *argv],
+            stdin=subprocess.DEVNULL,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            env=_child_env(),
         )
         try:
             yield proc
@@ -464,8 +524,10 @@ def _wait_exit(
     try:
         return proc.wait(timeout=timeout_s)
     except subprocess.TimeoutExpired as exc:
-        raise DemoFailed(f"the service did not exit within {timeout_s:.0f} s "
-                         f"(killed it){_tail(log_path)}") from exc
+        raise DemoFailed(
+            f"the service did not exit within {timeout_s:.0f} s "
+            f"(killed it){_tail(log_path)}"
+        ) from exc
 
 
 def _tail(log_path: Path, lines: int = 8) -> str:
@@ -475,4 +537,3 @@ def _tail(log_path: Path, lines: int = 8) -> str:
         return ""
     shown = "\n    ".join(line[:300] for line in text[-lines:])
     return f"; the end of {log_path}:\n    {shown}" if shown else f" (log: {log_path})"
-

@@ -94,7 +94,9 @@ class Dispatcher:
         self.on_unit_ran: Callable[[Unit, float], None] | None = None
         self._threads = [
             threading.Thread(
-                target=self._work, args=(index,), name=f"streamcp-worker-{index}",
+                target=self._work,
+                args=(index,),
+                name=f"streamcp-worker-{index}",
                 daemon=True,
             )
             for index in range(concurrency)
@@ -138,7 +140,9 @@ class Dispatcher:
                     unit.cancelled = True
                 lane.units.clear()
 
-    def abandon_retries(self, partitions: Sequence[TopicPartition] | None = None) -> None:
+    def abandon_retries(
+        self, partitions: Sequence[TopicPartition] | None = None
+    ) -> None:
         """Cancel lanes waiting out a backoff (shutdown, revocation).
 
         Their events were not handled; they are delivered again after the
@@ -177,7 +181,8 @@ class Dispatcher:
                     return
                 if executor is None:
                     executor = concurrent.futures.ThreadPoolExecutor(
-                        max_workers=1, thread_name_prefix=f"streamcp-call-{index}")
+                        max_workers=1, thread_name_prefix=f"streamcp-call-{index}"
+                    )
                 self._drain(lane, index, executor)
         finally:
             if executor is not None:
@@ -217,7 +222,9 @@ class Dispatcher:
             before = unit.done
             started = time.perf_counter()
             try:
-                outcome = run_unit(handler, unit, self._dead_letters, executor, self._clock)
+                outcome = run_unit(
+                    handler, unit, self._dead_letters, executor, self._clock
+                )
             finally:
                 unit.running = False
             if self.on_unit_ran is not None:
@@ -225,8 +232,10 @@ class Dispatcher:
             self.finished_counts[index] += unit.done - before
             if outcome is Outcome.RETRY:
                 with self._cond:
-                    assert unit.retry_at is not None  # noqa: S101  # set by run_unit
-                    heapq.heappush(self._delayed, (unit.retry_at, next(self._sequence), lane))
+                    assert unit.retry_at is not None  # set by run_unit
+                    heapq.heappush(
+                        self._delayed, (unit.retry_at, next(self._sequence), lane)
+                    )
                     self._cond.notify()
                 return
             if outcome is Outcome.DONE:
@@ -281,22 +290,7 @@ def _attempt(
     decode = _decoder(policy)
     timed = policy.timeout_s is not None and executor is not None
     if getattr(handler, "batches", False):
-        batch = events[start:]
-        try:
-            if decode is not None:
-                for event in batch:
-                    decode(event)
-            call = _call_with_timeout if timed else _call
-            call(handler.handle_batch, batch, policy, executor, batch[0])
-        except BatchFailed as exc:
-            unit.done = start + _index_of(batch, exc.offset)
-            unit.attempts = 0 if unit.done > start else unit.attempts
-            return exc.__cause__ if isinstance(exc.__cause__, Exception) else exc
-        except Exception as exc:  # noqa: BLE001  # any handler error is an outcome
-            return exc
-        unit.done = unit.size
-        unit.attempts = 0
-        return None
+        return _attempt_batch(handler, unit, policy, executor, decode)
     handle: Any = getattr(handler, "per_event", None) or handler.handle
     done = start
     try:
@@ -326,6 +320,34 @@ def _attempt(
     return None
 
 
+def _attempt_batch(
+    handler: Handler,
+    unit: Unit,
+    policy: FailurePolicy,
+    executor: concurrent.futures.Executor | None,
+    decode: Callable[[Event], None] | None,
+) -> BaseException | None:
+    """One ``handle_batch`` call over the events from ``unit.done`` on."""
+    start = unit.done
+    batch = unit.events[start:]
+    timed = policy.timeout_s is not None and executor is not None
+    try:
+        if decode is not None:
+            for event in batch:
+                decode(event)
+        call = _call_with_timeout if timed else _call
+        call(handler.handle_batch, batch, policy, executor, batch[0])
+    except BatchFailed as exc:
+        unit.done = start + _index_of(batch, exc.offset)
+        unit.attempts = 0 if unit.done > start else unit.attempts
+        return exc.__cause__ if isinstance(exc.__cause__, Exception) else exc
+    except Exception as exc:  # noqa: BLE001  # any handler error is an outcome
+        return exc
+    unit.done = unit.size
+    unit.attempts = 0
+    return None
+
+
 def _call(function: Any, argument: Any, *_: Any) -> None:
     function(argument)
 
@@ -337,19 +359,27 @@ def _call_with_timeout(
     executor: concurrent.futures.Executor | None,
     event: Event,
 ) -> None:
-    assert executor is not None and policy.timeout_s is not None  # noqa: S101
+    assert executor is not None and policy.timeout_s is not None
     future = executor.submit(function, argument)
     try:
         future.result(timeout=policy.timeout_s)
     except concurrent.futures.TimeoutError:
         # The call is abandoned: its late result is ignored, and the next
         # attempt starts only once it has returned.
-        log.warning("handler.timed_out", topic=event.topic, partition=event.partition,
-                    offset=event.offset, timeout_s=policy.timeout_s)
+        log.warning(
+            "handler.timed_out",
+            topic=event.topic,
+            partition=event.partition,
+            offset=event.offset,
+            timeout_s=policy.timeout_s,
+        )
         concurrent.futures.wait([future])
-        raise HandlerTimeout(event.topic, event.partition, event.offset,
-                             f"handler call overran its timeout of {policy.timeout_s}s"
-                             ) from None
+        raise HandlerTimeout(
+            event.topic,
+            event.partition,
+            event.offset,
+            f"handler call overran its timeout of {policy.timeout_s}s",
+        ) from None
 
 
 def _decoder(policy: FailurePolicy) -> Callable[[Event], None] | None:
@@ -368,13 +398,21 @@ def _decode(codec: Any, data: bytes | None, event: Event, what: str) -> Any:
     if data is None:
         if codec.tombstones or what == "key":
             return None
-        raise DecodeError(event.topic, event.partition, event.offset,
-                          f"tombstone (no {what}) where the {codec.name} codec needs one")
+        raise DecodeError(
+            event.topic,
+            event.partition,
+            event.offset,
+            f"tombstone (no {what}) where the {codec.name} codec needs one",
+        )
     try:
         return codec.decode(data)
-    except Exception as exc:  # noqa: BLE001  # any codec error means undecodable
-        raise DecodeError(event.topic, event.partition, event.offset,
-                          f"{what} is not valid {codec.name}: {exc}") from exc
+    except Exception as exc:  # any codec error means undecodable
+        raise DecodeError(
+            event.topic,
+            event.partition,
+            event.offset,
+            f"{what} is not valid {codec.name}: {exc}",
+        ) from exc
 
 
 def _after_failure(
@@ -388,9 +426,14 @@ def _after_failure(
     """Retry, or apply the policy; None means go on with the next event."""
     event = unit.events[unit.done]
     unit.attempts += 1
-    context = {"topic": event.topic, "partition": event.partition,
-               "offset": event.offset, "handler": handler.name,
-               "attempt": unit.attempts, "error": f"{type(error).__name__}: {error}"}
+    context = {
+        "topic": event.topic,
+        "partition": event.partition,
+        "offset": event.offset,
+        "handler": handler.name,
+        "attempt": unit.attempts,
+        "error": f"{type(error).__name__}: {error}",
+    }
     if policy.retryable(error) and unit.attempts < policy.attempts:
         delay = policy.delay_s(unit.attempts)
         unit.retry_at = clock() + delay
@@ -411,9 +454,13 @@ def _after_failure(
             unit.dead_lettered += 1
             _passed(unit)
             return None
-        error = DeadLetterFailed(event.topic, event.partition, event.offset,
-                                 f"dead-letter topic {topic!r} did not take the event "
-                                 f"after {type(error).__name__}: {error}")
+        error = DeadLetterFailed(
+            event.topic,
+            event.partition,
+            event.offset,
+            f"dead-letter topic {topic!r} did not take the event "
+            f"after {type(error).__name__}: {error}",
+        )
     unit.failure = error
     log.error("event.failed", action="stop" if action == "stop" else "pause", **context)
     return Outcome.FAILED

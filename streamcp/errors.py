@@ -108,7 +108,7 @@ class DeadLetterFailed(EventError):
     """The broker did not acknowledge the dead-letter record of an event."""
 
 
-class NotADeadLetter(EventError):  # noqa: N818  # reads as what the record is
+class NotADeadLetter(EventError):  # reads as what the record is
     """A record of a topic being redriven is not a streamcp dead-letter record.
 
     It lacks the ``streamcp.original.*`` headers (or carries malformed
@@ -123,7 +123,7 @@ class NotADeadLetter(EventError):  # noqa: N818  # reads as what the record is
         self.reason = reason
 
 
-class NonRetryable(Exception):  # noqa: N818  # reads as what the handler means
+class NonRetryable(Exception):  # reads as what the handler means
     """Raise (or subclass) in a handler: retrying this error cannot help.
 
     The handler's failure policy applies at once. Chain the real cause with

@@ -93,8 +93,16 @@ class Event:
     def __eq__(self, other: Any) -> bool:
         if not isinstance(other, Event):
             return NotImplemented
-        fields = ("topic", "partition", "offset", "key", "value", "headers",
-                  "timestamp_ms", "run_id")
+        fields = (
+            "topic",
+            "partition",
+            "offset",
+            "key",
+            "value",
+            "headers",
+            "timestamp_ms",
+            "run_id",
+        )
         return all(getattr(self, f) == getattr(other, f) for f in fields)
 
     __hash__ = None  # type: ignore[assignment]  # mutable slots: not hashable

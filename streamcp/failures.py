@@ -47,22 +47,30 @@ class FailurePolicy:
 
     def __post_init__(self) -> None:
         if not isinstance(self.attempts, int) or self.attempts < 1:
-            raise ConfigError("handler.retry_attempts",
-                              f"must be a positive integer, got {self.attempts!r}")
-        for name, value in (("retry_backoff_s", self.backoff_s),
-                            ("retry_max_backoff_s", self.max_backoff_s)):
+            raise ConfigError(
+                "handler.retry_attempts",
+                f"must be a positive integer, got {self.attempts!r}",
+            )
+        for name, value in (
+            ("retry_backoff_s", self.backoff_s),
+            ("retry_max_backoff_s", self.max_backoff_s),
+        ):
             if not isinstance(value, int | float) or value < 0:
-                raise ConfigError(f"handler.{name}",
-                                  f"must be 0 or positive seconds, got {value!r}")
+                raise ConfigError(
+                    f"handler.{name}", f"must be 0 or positive seconds, got {value!r}"
+                )
         if self.on_failure not in ON_FAILURE_CHOICES:
-            raise ConfigError("handler.on_failure",
-                              f"must be one of {', '.join(ON_FAILURE_CHOICES)}, "
-                              f"got {self.on_failure!r}")
+            raise ConfigError(
+                "handler.on_failure",
+                f"must be one of {', '.join(ON_FAILURE_CHOICES)}, "
+                f"got {self.on_failure!r}",
+            )
         if self.timeout_s is not None and (
             not isinstance(self.timeout_s, int | float) or self.timeout_s <= 0
         ):
-            raise ConfigError("handler.timeout_s",
-                              f"must be positive seconds, got {self.timeout_s!r}")
+            raise ConfigError(
+                "handler.timeout_s", f"must be positive seconds, got {self.timeout_s!r}"
+            )
 
     def retryable(self, error: BaseException) -> bool:
         if isinstance(error, NonRetryable | DecodeError):

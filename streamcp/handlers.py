@@ -28,6 +28,7 @@ import asyncio
 import dataclasses
 import importlib
 import inspect
+import threading
 import types
 import typing
 from collections.abc import Callable, Mapping, Sequence
@@ -43,7 +44,7 @@ from streamcp.failures import FailurePolicy
 ENTRY_POINT_GROUP = "streamcp.handlers"
 
 
-class BatchFailed(Exception):  # noqa: N818  # reads as the outcome it reports
+class BatchFailed(Exception):  # reads as the outcome it reports
     """Raised by ``handle_batch``: events before ``offset`` succeeded.
 
     The event at ``offset`` failed; chain the cause with ``raise ... from``.
@@ -149,8 +150,9 @@ def failure_policy(
 
     tombstones = pick("tombstones", False)
     if not isinstance(tombstones, bool):
-        raise ConfigError(f"{field_name}.tombstones", f"must be true or false, got "
-                          f"{tombstones!r}")
+        raise ConfigError(
+            f"{field_name}.tombstones", f"must be true or false, got {tombstones!r}"
+        )
     non_retryable = getattr(target, "non_retryable", ())
     try:
         return FailurePolicy(
@@ -161,8 +163,9 @@ def failure_policy(
             dead_letter_topic=pick("dead_letter_topic", None),
             timeout_s=pick("timeout_s", None),
             key_codec=codec_by_name(pick("key_codec", "bytes"), "key"),
-            value_codec=codec_by_name(pick("value_codec", "bytes"), "value",
-                                      tombstones=tombstones),
+            value_codec=codec_by_name(
+                pick("value_codec", "bytes"), "value", tombstones=tombstones
+            ),
             non_retryable=tuple(non_retryable),
         )
     except ConfigError as exc:
@@ -229,8 +232,11 @@ def _constructor_options(cls: type[Any]) -> list[tuple[str, str, str]]:
         return []
     named = (inspect.Parameter.POSITIONAL_OR_KEYWORD, inspect.Parameter.KEYWORD_ONLY)
     return [
-        (p.name, _type_name(hints.get(p.name, Any)),
-         "required" if p.default is inspect.Parameter.empty else repr(p.default))
+        (
+            p.name,
+            _type_name(hints.get(p.name, Any)),
+            "required" if p.default is inspect.Parameter.empty else repr(p.default),
+        )
         for p in signature.parameters.values()
         if p.kind in named
     ]
@@ -273,7 +279,9 @@ def check_options(options_cls: type[Any], raw: Mapping[str, Any], where: str) ->
             if no_default and f.default_factory is dataclasses.MISSING:
                 raise ConfigError(f"{where}.{f.name}", "is missing (required option)")
             continue
-        values[f.name] = _coerce(raw[f.name], hints.get(f.name, Any), f"{where}.{f.name}")
+        values[f.name] = _coerce(
+            raw[f.name], hints.get(f.name, Any), f"{where}.{f.name}"
+        )
     try:
         return options_cls(**values)
     except (TypeError, ValueError) as exc:
@@ -281,22 +289,18 @@ def check_options(options_cls: type[Any], raw: Mapping[str, Any], where: str) ->
 
 
 def _coerce(value: Any, hint: Any, where: str) -> Any:
+    """``value`` checked against the type hint ``hint`` (ints pass as floats)."""
     if hint is Any:
         return value
     origin = typing.get_origin(hint)
     if origin in (typing.Union, types.UnionType):
-        for option in typing.get_args(hint):
-            if option is type(None) and value is None:
-                return None
-            try:
-                return _coerce(value, option, where)
-            except ConfigError:
-                continue
-        raise ConfigError(where, f"expected {_type_name(hint)}, got {value!r}")
+        return _coerce_union(value, hint, where)
     if origin is typing.Literal:
         if value in typing.get_args(hint):
             return value
-        raise ConfigError(where, f"expected one of {typing.get_args(hint)!r}, got {value!r}")
+        raise ConfigError(
+            where, f"expected one of {typing.get_args(hint)!r}, got {value!r}"
+        )
     if origin in (list, tuple, Sequence):
         (item,) = typing.get_args(hint)[:1] or (Any,)
         if not isinstance(value, list | tuple):
@@ -305,12 +309,21 @@ def _coerce(value: Any, hint: Any, where: str) -> Any:
         return tuple(items) if origin is tuple else items
     if hint is float and isinstance(value, int) and not isinstance(value, bool):
         return float(value)
-    if isinstance(hint, type):
-        if isinstance(value, bool) and hint is not bool:
-            raise ConfigError(where, f"expected {hint.__name__}, got {value!r}")
-        if not isinstance(value, hint):
-            raise ConfigError(where, f"expected {hint.__name__}, got {value!r}")
+    wrong_bool = isinstance(value, bool) and hint is not bool
+    if isinstance(hint, type) and (wrong_bool or not isinstance(value, hint)):
+        raise ConfigError(where, f"expected {hint.__name__}, got {value!r}")
     return value
+
+
+def _coerce_union(value: Any, hint: Any, where: str) -> Any:
+    for option in typing.get_args(hint):
+        if option is type(None) and value is None:
+            return None
+        try:
+            return _coerce(value, option, where)
+        except ConfigError:
+            continue
+    raise ConfigError(where, f"expected {_type_name(hint)}, got {value!r}")
 
 
 def _type_name(hint: Any) -> str:
@@ -329,8 +342,6 @@ _loops: dict[int, asyncio.AbstractEventLoop] = {}
 
 def _event_loop() -> asyncio.AbstractEventLoop:
     # One event loop per worker thread, made on first use, for async handlers.
-    import threading
-
     ident = threading.get_ident()
     loop = _loops.get(ident)
     if loop is None:
@@ -384,7 +395,9 @@ class _ObjectHandler:
         for hook in ("setup", "close", "handle", "handle_batch"):
             method = getattr(instance, hook, None)
             if method is not None and not callable(method):
-                raise ConfigError(f"{field_name}.name", f"{name}.{hook} is not callable")
+                raise ConfigError(
+                    f"{field_name}.name", f"{name}.{hook} is not callable"
+                )
 
     def setup(self) -> None:
         if self._setup is not None:

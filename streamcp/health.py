@@ -112,12 +112,14 @@ class HealthServer:
         return str(host), int(port)
 
     def start(self) -> tuple[str, int]:
-        server = ThreadingHTTPServer(self._requested, _handler(self._metrics,
-                                                               self._health))
+        server = ThreadingHTTPServer(
+            self._requested, _handler(self._metrics, self._health)
+        )
         server.daemon_threads = True
         self._server = server
-        self._thread = threading.Thread(target=server.serve_forever,
-                                        name="streamcp-http", daemon=True)
+        self._thread = threading.Thread(
+            target=server.serve_forever, name="streamcp-http", daemon=True
+        )
         self._thread.start()
         return self.address
 
@@ -146,12 +148,18 @@ def _handler(metrics: Metrics, health: Health) -> type[BaseHTTPRequestHandler]:
             elif path == "/readyz":
                 self._send_json(*health.readiness())
             else:
-                self._send(404, b"not found: try /metrics, /healthz or /readyz\n",
-                           "text/plain; charset=utf-8")
+                self._send(
+                    404,
+                    b"not found: try /metrics, /healthz or /readyz\n",
+                    "text/plain; charset=utf-8",
+                )
 
         def _send_json(self, ok: bool, body: dict[str, Any]) -> None:
-            self._send(200 if ok else 503, json.dumps(body).encode() + b"\n",
-                       "application/json")
+            self._send(
+                200 if ok else 503,
+                json.dumps(body).encode() + b"\n",
+                "application/json",
+            )
 
         def _send(self, status: int, body: bytes, content_type: str) -> None:
             self.send_response(status)

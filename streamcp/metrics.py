@@ -28,19 +28,49 @@ RebalanceKind = Literal["assigned", "revoked", "lost"]
 Dependency = Literal["kafka", "redis"]
 
 OUTCOMES: tuple[Outcome, ...] = (
-    "handled", "failed", "retried", "dead_lettered", "skipped",
+    "handled",
+    "failed",
+    "retried",
+    "dead_lettered",
+    "skipped",
 )
 
 # A handler's time per unit ranges from microseconds (a counter bump) to
 # minutes (a slow sink); a commit is one Redis round trip, so its buckets
 # stop lower.
 HANDLER_BUCKETS_S = (
-    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5,
-    1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0,
+    0.0005,
+    0.001,
+    0.0025,
+    0.005,
+    0.01,
+    0.025,
+    0.05,
+    0.1,
+    0.25,
+    0.5,
+    1.0,
+    2.5,
+    5.0,
+    10.0,
+    30.0,
+    60.0,
+    300.0,
 )
 COMMIT_BUCKETS_S = (
-    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5,
-    1.0, 2.5, 5.0,
+    0.0005,
+    0.001,
+    0.0025,
+    0.005,
+    0.01,
+    0.025,
+    0.05,
+    0.1,
+    0.25,
+    0.5,
+    1.0,
+    2.5,
+    5.0,
 )
 
 _PARTITION = ("topic", "partition")
@@ -53,56 +83,100 @@ class Metrics:
         self.registry = registry if registry is not None else CollectorRegistry()
         r = self.registry
         self.events = Counter(
-            "streamcp_events", "Events by what became of them: handled, failed, "
-            "retried, dead_lettered or skipped.", ("topic", "outcome"), registry=r)
+            "streamcp_events",
+            "Events by what became of them: handled, failed, "
+            "retried, dead_lettered or skipped.",
+            ("topic", "outcome"),
+            registry=r,
+        )
         self.handler_duration = Histogram(
-            "streamcp_handler_duration_seconds", "Time a handler spent on one "
-            "unit (a run of one partition's events from one batch).", ("topic",),
-            buckets=HANDLER_BUCKETS_S, registry=r)
+            "streamcp_handler_duration_seconds",
+            "Time a handler spent on one "
+            "unit (a run of one partition's events from one batch).",
+            ("topic",),
+            buckets=HANDLER_BUCKETS_S,
+            registry=r,
+        )
         self.commit_duration = Histogram(
-            "streamcp_commit_duration_seconds", "Time of one commit call to the "
-            "checkpoint store, whatever its result.", buckets=COMMIT_BUCKETS_S,
-            registry=r)
+            "streamcp_commit_duration_seconds",
+            "Time of one commit call to the checkpoint store, whatever its result.",
+            buckets=COMMIT_BUCKETS_S,
+            registry=r,
+        )
         self.commits = Counter(
-            "streamcp_commits", "Commit calls by result: accepted (every "
+            "streamcp_commits",
+            "Commit calls by result: accepted (every "
             "partition), refused (at least one partition), failed (no answer).",
-            ("result",), registry=r)
+            ("result",),
+            registry=r,
+        )
         self.refusals = Counter(
-            "streamcp_commit_refusals", "Partitions whose checkpoint the store "
+            "streamcp_commit_refusals",
+            "Partitions whose checkpoint the store "
             "refused, by reason (stale_epoch: another owner or an operator "
-            "change).", ("topic", "reason"), registry=r)
+            "change).",
+            ("topic", "reason"),
+            registry=r,
+        )
         self.checkpoint_offset = Gauge(
-            "streamcp_checkpoint_offset", "The partition's checkpoint in the "
-            "store: the offset of the next event to process.", _PARTITION,
-            registry=r)
+            "streamcp_checkpoint_offset",
+            "The partition's checkpoint in the "
+            "store: the offset of the next event to process.",
+            _PARTITION,
+            registry=r,
+        )
         self.checkpoint_age = Gauge(
-            "streamcp_checkpoint_age_seconds", "Seconds since the partition's "
-            "checkpoint last changed in the store.", _PARTITION, registry=r)
+            "streamcp_checkpoint_age_seconds",
+            "Seconds since the partition's checkpoint last changed in the store.",
+            _PARTITION,
+            registry=r,
+        )
         self.lag = Gauge(
-            "streamcp_lag_events", "High watermark minus the stored checkpoint: "
-            "events not yet committed.", _PARTITION, registry=r)
+            "streamcp_lag_events",
+            "High watermark minus the stored checkpoint: events not yet committed.",
+            _PARTITION,
+            registry=r,
+        )
         self.in_flight = Gauge(
-            "streamcp_events_in_flight", "Events delivered to handlers and not "
-            "yet covered by an accepted commit.", registry=r)
+            "streamcp_events_in_flight",
+            "Events delivered to handlers and not yet covered by an accepted commit.",
+            registry=r,
+        )
         self.paused = Gauge(
-            "streamcp_paused_partitions", "Assigned partitions whose fetching is "
+            "streamcp_paused_partitions",
+            "Assigned partitions whose fetching is "
             "paused (in-flight bound, waiting for Redis, fenced, stopping).",
-            registry=r)
+            registry=r,
+        )
         self.assigned = Gauge(
-            "streamcp_assigned_partitions", "Partitions assigned to this "
-            "consumer.", registry=r)
+            "streamcp_assigned_partitions",
+            "Partitions assigned to this consumer.",
+            registry=r,
+        )
         self.rebalances = Counter(
-            "streamcp_rebalances", "Rebalance callbacks by kind: assigned, "
-            "revoked, lost.", ("kind",), registry=r)
+            "streamcp_rebalances",
+            "Rebalance callbacks by kind: assigned, revoked, lost.",
+            ("kind",),
+            registry=r,
+        )
         self.dependency_up = Gauge(
-            "streamcp_dependency_up", "1 while the dependency answered at its "
-            "last check, else 0.", ("dependency",), registry=r)
+            "streamcp_dependency_up",
+            "1 while the dependency answered at its last check, else 0.",
+            ("dependency",),
+            registry=r,
+        )
         self.replay_done = Gauge(
-            "streamcp_replay_events_done", "Events a replay run has handled so "
-            "far.", ("run_id",), registry=r)
+            "streamcp_replay_events_done",
+            "Events a replay run has handled so far.",
+            ("run_id",),
+            registry=r,
+        )
         self.replay_planned = Gauge(
-            "streamcp_replay_events_planned", "Events in a replay run's range, "
-            "as measured when it started.", ("run_id",), registry=r)
+            "streamcp_replay_events_planned",
+            "Events in a replay run's range, as measured when it started.",
+            ("run_id",),
+            registry=r,
+        )
 
     # -- events and handlers --------------------------------------------------
 

@@ -96,8 +96,9 @@ class LoopObserver:
     ) -> None:
         """Outcome counts, gauges, and a Redis ping when one is due."""
         self._count_outcomes(tracker)
-        self.metrics.set_consumer(in_flight=tracker.in_flight_events, paused=paused,
-                                  assigned=assigned)
+        self.metrics.set_consumer(
+            in_flight=tracker.in_flight_events, paused=paused, assigned=assigned
+        )
         for tp in active:
             track = tracker.get(tp)
             if track is not None:
@@ -158,16 +159,18 @@ class LoopObserver:
 
     def released(self, unit: Unit) -> None:
         """``unit`` left the tracker: keep its outcome counts (loop thread)."""
-        totals = self._released.setdefault(unit.topic_partition.topic,
-                                           dict.fromkeys(OUTCOMES, 0))
+        totals = self._released.setdefault(
+            unit.topic_partition.topic, dict.fromkeys(OUTCOMES, 0)
+        )
         for outcome, count in unit_outcomes(unit).items():
             totals[outcome] += count
 
     def _count_outcomes(self, tracker: OffsetTracker) -> None:
         totals = {topic: dict(counts) for topic, counts in self._released.items()}
         for track in tracker:
-            live = totals.setdefault(track.topic_partition.topic,
-                                     dict.fromkeys(OUTCOMES, 0))
+            live = totals.setdefault(
+                track.topic_partition.topic, dict.fromkeys(OUTCOMES, 0)
+            )
             for unit in track.units:
                 for outcome, count in unit_outcomes(unit).items():
                     live[outcome] += count

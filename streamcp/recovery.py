@@ -62,15 +62,22 @@ class StoreLossGuard:
             return dict(claims)
         found = kafka_committed(consumer, missing)
         if found is None:
-            log.warning("checkpoint.kafka_offsets_unknown", group=self._group,
-                        partitions=[str(tp) for tp in missing])
+            log.warning(
+                "checkpoint.kafka_offsets_unknown",
+                group=self._group,
+                partitions=[str(tp) for tp in missing],
+            )
             return None
         if not found:
             return dict(claims)
         if self._policy == "fail":
             error = store_lost(self._group, found)
-            log.error("checkpoint.store_lost", group=self._group,
-                      kafka_offsets=_describe(found), error=str(error))
+            log.error(
+                "checkpoint.store_lost",
+                group=self._group,
+                kafka_offsets=_describe(found),
+                error=str(error),
+            )
             raise error
         return self._recover(owner, claims, found)
 
@@ -80,22 +87,33 @@ class StoreLossGuard:
         claims: Mapping[TopicPartition, Checkpoint],
         found: Mapping[TopicPartition, int],
     ) -> dict[TopicPartition, Checkpoint] | None:
-        requests = [CommitRequest(tp, offset, claims[tp].epoch)
-                    for tp, offset in sorted(found.items())]
+        requests = [
+            CommitRequest(tp, offset, claims[tp].epoch)
+            for tp, offset in sorted(found.items())
+        ]
         result = self._store.commit(self._group, owner, requests)
         if result.refused:
-            log.warning("checkpoint.recovery_refused", group=self._group,
-                        partitions=[str(r.topic_partition) for r in result.refused])
+            log.warning(
+                "checkpoint.recovery_refused",
+                group=self._group,
+                partitions=[str(r.topic_partition) for r in result.refused],
+            )
             return None
         resolved = dict(claims)
         at = now_utc()
         for tp, offset in found.items():
-            resolved[tp] = dataclasses.replace(claims[tp], offset=offset,
-                                               committed_at=at)
-            log.warning("checkpoint.recovered", group=self._group, topic=tp.topic,
-                        partition=tp.partition, checkpoint=offset,
-                        source="kafka group offsets",
-                        reason="the store held no checkpoint for it")
+            resolved[tp] = dataclasses.replace(
+                claims[tp], offset=offset, committed_at=at
+            )
+            log.warning(
+                "checkpoint.recovered",
+                group=self._group,
+                topic=tp.topic,
+                partition=tp.partition,
+                checkpoint=offset,
+                source="kafka group offsets",
+                reason="the store held no checkpoint for it",
+            )
         return resolved
 
 
@@ -109,8 +127,9 @@ def kafka_committed(
     ``None`` when the group coordinator did not answer within ``timeout_s``.
     """
     try:
-        answered = consumer.committed([to_kafka(tp) for tp in partitions],
-                                      timeout=timeout_s)
+        answered = consumer.committed(
+            [to_kafka(tp) for tp in partitions], timeout=timeout_s
+        )
     except confluent_kafka.KafkaException:
         return None
     return {
@@ -125,7 +144,7 @@ def store_lost(group: str, found: Mapping[TopicPartition, int]) -> StoreLost:
         f"the checkpoint store holds no checkpoints for group {group!r} where "
         f"Kafka's group offsets show earlier commits ({_describe(found)}): "
         f"Redis lost data (restart without persistence, flush or failover); "
-        f"set consumer.on_store_loss = \"recover_from_kafka\" to resume from "
+        f'set consumer.on_store_loss = "recover_from_kafka" to resume from '
         f"those offsets, or restore the checkpoints"
     )
 

@@ -129,8 +129,9 @@ class RedisCheckpointStore:
         # The service retries with its own backoff while it keeps polling;
         # the client's retries would only block the loop.
         client = redis_client(url, socket_timeout_s=socket_timeout_s)
-        return cls(client, key_prefix=key_prefix,
-                   history_max_entries=history_max_entries)
+        return cls(
+            client, key_prefix=key_prefix, history_max_entries=history_max_entries
+        )
 
     def keys(self, namespace: str) -> RedisKeys:
         return RedisKeys(self._prefix, namespace)
@@ -144,11 +145,17 @@ class RedisCheckpointStore:
         ordered = sorted(partitions)
         key_list = [keys.history, keys.partitions]
         key_list += [keys.checkpoint(tp) for tp in ordered]
-        args: list[Any] = [owner.instance_id, self._history_max,
-                           now_utc().isoformat(timespec="milliseconds")]
+        args: list[Any] = [
+            owner.instance_id,
+            self._history_max,
+            now_utc().isoformat(timespec="milliseconds"),
+        ]
         args += [_member(tp) for tp in ordered]
         rows = self._call(self._claim, key_list, args)
-        return {tp: _parse_checkpoint(tp, row) for tp, row in zip(ordered, rows, strict=True)}
+        return {
+            tp: _parse_checkpoint(tp, row)
+            for tp, row in zip(ordered, rows, strict=True)
+        }
 
     def commit(
         self, namespace: str, owner: Owner, requests: Sequence[CommitRequest]
@@ -167,8 +174,12 @@ class RedisCheckpointStore:
             self._history_max,
         ]
         for request in requests:
-            args += [_member(request.topic_partition), request.offset,
-                     request.epoch, request.events]
+            args += [
+                _member(request.topic_partition),
+                request.offset,
+                request.epoch,
+                request.events,
+            ]
         rows = self._call(self._commit, key_list, args)
         return _parse_commit_result(requests, rows)
 
@@ -180,8 +191,11 @@ class RedisCheckpointStore:
         keys = self.keys(namespace)
         ordered = sorted(epochs)
         key_list = [keys.history] + [keys.checkpoint(tp) for tp in ordered]
-        args: list[Any] = [owner.instance_id, self._history_max,
-                           now_utc().isoformat(timespec="milliseconds")]
+        args: list[Any] = [
+            owner.instance_id,
+            self._history_max,
+            now_utc().isoformat(timespec="milliseconds"),
+        ]
         for tp in ordered:
             args += [_member(tp), epochs[tp]]
         self._call(self._release, key_list, args)
@@ -213,8 +227,13 @@ class RedisCheckpointStore:
     ) -> Checkpoint:
         keys = self.keys(namespace)
         key_list = [keys.history, keys.partitions, keys.checkpoint(topic_partition)]
-        args = [_member(topic_partition), offset, by,
-                now_utc().isoformat(timespec="milliseconds"), self._history_max]
+        args = [
+            _member(topic_partition),
+            offset,
+            by,
+            now_utc().isoformat(timespec="milliseconds"),
+            self._history_max,
+        ]
         row = self._call(self._set, key_list, args)
         return _parse_checkpoint(topic_partition, row)
 
@@ -229,16 +248,31 @@ class RedisCheckpointStore:
     ) -> bool:
         keys = self.keys(namespace)
         key_list = [keys.history, keys.checkpoint(topic_partition)]
-        args = ["pause", _member(topic_partition), owner.instance_id, epoch, offset,
-                reason[:500], now_utc().isoformat(timespec="milliseconds"),
-                self._history_max]
+        args = [
+            "pause",
+            _member(topic_partition),
+            owner.instance_id,
+            epoch,
+            offset,
+            reason[:500],
+            now_utc().isoformat(timespec="milliseconds"),
+            self._history_max,
+        ]
         return bool(self._call(self._pause, key_list, args))
 
     def unpause(self, namespace: str, topic_partition: TopicPartition, by: str) -> bool:
         keys = self.keys(namespace)
         key_list = [keys.history, keys.checkpoint(topic_partition)]
-        args = ["unpause", _member(topic_partition), by, 0, 0, "",
-                now_utc().isoformat(timespec="milliseconds"), self._history_max]
+        args = [
+            "unpause",
+            _member(topic_partition),
+            by,
+            0,
+            0,
+            "",
+            now_utc().isoformat(timespec="milliseconds"),
+            self._history_max,
+        ]
         return bool(self._call(self._pause, key_list, args))
 
     def history(self, namespace: str, count: int = 100) -> list[HistoryEntry]:
@@ -246,7 +280,9 @@ class RedisCheckpointStore:
         try:
             raw: list[Any]
             if count:
-                raw = list(reversed(self._client.xrevrange(keys.history, count=count) or []))
+                raw = list(
+                    reversed(self._client.xrevrange(keys.history, count=count) or [])
+                )
             else:
                 raw = list(self._client.xrange(keys.history) or [])
         except _UNAVAILABLE as exc:
@@ -267,8 +303,9 @@ class RedisCheckpointStore:
         """Every checkpoint hash of ``namespace``, field by field (for export)."""
         keys = self.keys(namespace)
         try:
-            wanted = sorted(_parse_member(m)
-                            for m in self._client.smembers(keys.partitions))
+            wanted = sorted(
+                _parse_member(m) for m in self._client.smembers(keys.partitions)
+            )
             pipe = self._client.pipeline(transaction=False)
             for tp in wanted:
                 pipe.hgetall(keys.checkpoint(tp))
@@ -301,12 +338,21 @@ class RedisCheckpointStore:
             pipe.hset(key, mapping=values)
             pipe.sadd(keys.partitions, _member(tp))
             previous = existing[tp].offset if tp in existing else None
-            pipe.xadd(keys.history, {
-                "kind": "operator", "topic": tp.topic, "partition": tp.partition,
-                "offset": values.get("offset", ""),
-                "previous": "" if previous is None else previous,
-                "epoch": values.get("epoch", "0"), "owner": by, "at": at,
-            }, maxlen=self._history_max, approximate=True)
+            pipe.xadd(
+                keys.history,
+                {
+                    "kind": "operator",
+                    "topic": tp.topic,
+                    "partition": tp.partition,
+                    "offset": values.get("offset", ""),
+                    "previous": "" if previous is None else previous,
+                    "epoch": values.get("epoch", "0"),
+                    "owner": by,
+                    "at": at,
+                },
+                maxlen=self._history_max,
+                approximate=True,
+            )
         try:
             pipe.execute()
         except _UNAVAILABLE as exc:
@@ -337,7 +383,9 @@ class RedisCheckpointStore:
         except _UNAVAILABLE as exc:
             raise StoreUnavailable(f"redis did not answer: {exc}") from exc
         except redis.exceptions.RedisError as exc:
-            raise CheckpointStoreError(f"redis refused a checkpoint script: {exc}") from exc
+            raise CheckpointStoreError(
+                f"redis refused a checkpoint script: {exc}"
+            ) from exc
 
 
 def _member(tp: TopicPartition) -> str:
@@ -374,10 +422,13 @@ def _checkpoint_from_hash(tp: TopicPartition, row: Mapping[Any, Any]) -> Checkpo
         events=int(fields.get("events", "0")),
         operator_change=fields.get("operator_change") == "1",
         paused=fields.get("paused") == "1",
-        paused_offset=int(fields["paused_offset"]) if fields.get("paused_offset") else None,
+        paused_offset=int(fields["paused_offset"])
+        if fields.get("paused_offset")
+        else None,
         paused_reason=fields.get("paused_reason", ""),
         paused_at=datetime.fromisoformat(fields["paused_at"])
-        if fields.get("paused_at") else None,
+        if fields.get("paused_at")
+        else None,
     )
 
 
@@ -394,8 +445,13 @@ def _parse_commit_result(
         reason: RefusalReason = status  # type: ignore[assignment]  # script's words
         stored_offset = _text(row[3]) if row[3] else ""
         refused.append(
-            Refusal(request.topic_partition, reason, int(row[1] or 0),
-                    _text(row[2] or b""), int(stored_offset) if stored_offset else None)
+            Refusal(
+                request.topic_partition,
+                reason,
+                int(row[1] or 0),
+                _text(row[2] or b""),
+                int(stored_offset) if stored_offset else None,
+            )
         )
     return CommitResult(tuple(accepted), tuple(refused))
 

@@ -241,11 +241,11 @@ class Replay:
             return False
         limits = self._config.consumer
         tracker = self._tracker
-        over = (tracker.in_flight_events >= limits.max_in_flight_events
-                or tracker.in_flight_bytes >= limits.max_in_flight_bytes)
-        return over and any(
-            track.checkpoint() != track.committed for track in tracker
+        over = (
+            tracker.in_flight_events >= limits.max_in_flight_events
+            or tracker.in_flight_bytes >= limits.max_in_flight_bytes
         )
+        return over and any(track.checkpoint() != track.committed for track in tracker)
 
     def _dispatch(self, messages: Sequence[Any]) -> None:
         good, errored = split_errors(messages)

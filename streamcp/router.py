@@ -23,11 +23,15 @@ class HandlerRouter:
         """Load every configured handler; raises ConfigError naming the field."""
         default = None
         if config.handler is not None:
-            default = load(config.handler.name, config.handler.options,
-                           policy=config.handler.policy)
+            default = load(
+                config.handler.name,
+                config.handler.options,
+                policy=config.handler.policy,
+            )
         per_topic = {
-            topic: load(h.name, h.options, field_name=f"handlers.{topic}",
-                        policy=h.policy)
+            topic: load(
+                h.name, h.options, field_name=f"handlers.{topic}", policy=h.policy
+            )
             for topic, h in config.handlers.items()
         }
         if default is None:

@@ -94,15 +94,20 @@ def partition_ends(
     timeout_s: float = REQUEST_TIMEOUT_S,
 ) -> dict[int, int]:
     """Each partition's end offset (high watermark), asked of the broker."""
-    consumer = Consumer({
-        "bootstrap.servers": bootstrap_servers,
-        "group.id": "streamcp-load-sample",
-        "enable.auto.commit": False,
-    })
+    consumer = Consumer(
+        {
+            "bootstrap.servers": bootstrap_servers,
+            "group.id": "streamcp-load-sample",
+            "enable.auto.commit": False,
+        }
+    )
     try:
         return {
-            partition: int(consumer.get_watermark_offsets(
-                KafkaTopicPartition(topic, partition), timeout=timeout_s)[1])
+            partition: int(
+                consumer.get_watermark_offsets(
+                    KafkaTopicPartition(topic, partition), timeout=timeout_s
+                )[1]
+            )
             for partition in partitions
         }
     finally:
@@ -129,21 +134,24 @@ def load_sample(
     sample file.
     """
     records = sample_records(path)
-    kafka = KafkaService(bootstrap_servers=bootstrap_servers, kind="external",
-                         is_apache_kafka=False)
+    kafka = KafkaService(
+        bootstrap_servers=bootstrap_servers, kind="external", is_apache_kafka=False
+    )
     try:
         existing = _partition_count(kafka, topic, timeout_s)
         created = existing is None
         if created:
             kafka.create_topic(topic, partitions, timeout_s=timeout_s)
         count = partitions if existing is None else existing
-        before = partition_ends(bootstrap_servers, topic, range(count),
-                                timeout_s=timeout_s)
+        before = partition_ends(
+            bootstrap_servers, topic, range(count), timeout_s=timeout_s
+        )
         if sum(before.values()) and not append:
             return LoadResult(topic, created, 0, before)
         produce_records(bootstrap_servers, topic, records, timeout_s=timeout_s)
-        ends = partition_ends(bootstrap_servers, topic, range(count),
-                              timeout_s=timeout_s)
+        ends = partition_ends(
+            bootstrap_servers, topic, range(count), timeout_s=timeout_s
+        )
     except KafkaException as exc:
         raise SampleLoadError(
             f"loading {path.name} into {topic!r} at {bootstrap_servers} failed: "

@@ -60,8 +60,9 @@ def create_handler_package(name: str, directory: Path | None = None) -> HandlerP
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(_render(template, values), encoding="utf-8")
         written.append(path)
-    return HandlerPackage(name, values["package"], values["class_name"], target,
-                          tuple(written))
+    return HandlerPackage(
+        name, values["package"], values["class_name"], target, tuple(written)
+    )
 
 
 def _check_name(name: str) -> None:

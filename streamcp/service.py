@@ -121,12 +121,15 @@ class Service:
         self._dispatcher: Dispatcher | None = None
         self.log = structlog.get_logger("streamcp.service").bind(group=self._group)
         self.metrics = Metrics()
-        self.health = Health(liveness_timeout_s=config.metrics.liveness_timeout_s,
-                             kafka_stale_s=KAFKA_STALE_S)
+        self.health = Health(
+            liveness_timeout_s=config.metrics.liveness_timeout_s,
+            kafka_stale_s=KAFKA_STALE_S,
+        )
         self._observer = LoopObserver(self.metrics, self.health, store)
         self._tracker.on_release = self._observer.released
-        self._store_loss = StoreLossGuard(self._group, store,
-                                          config.consumer.on_store_loss)
+        self._store_loss = StoreLossGuard(
+            self._group, store, config.consumer.on_store_loss
+        )
         self._http: HealthServer | None = None
 
     @property
@@ -160,8 +163,11 @@ class Service:
             on_revoke=self._on_revoke,
             on_lost=self._on_lost,
         )
-        self.log.info("service.started", owner=self._owner.instance_id,
-                      topics=self._config.kafka.subscription())
+        self.log.info(
+            "service.started",
+            owner=self._owner.instance_id,
+            topics=self._config.kafka.subscription(),
+        )
         try:
             while not self._stop.is_set():
                 self._iterate()
@@ -178,7 +184,9 @@ class Service:
 
     def _iterate(self) -> None:
         consumer = self._consumer
-        messages = consumer.consume(self._batch_limit(), self._config.consumer.poll_timeout_s)
+        messages = consumer.consume(
+            self._batch_limit(), self._config.consumer.poll_timeout_s
+        )
         if messages:
             self._dispatch(messages)
         self._check_failures()
@@ -201,11 +209,11 @@ class Service:
             return False
         limits = self._config.consumer
         tracker = self._tracker
-        over = (tracker.in_flight_events >= limits.max_in_flight_events
-                or tracker.in_flight_bytes >= limits.max_in_flight_bytes)
-        return over and any(
-            track.checkpoint() != track.committed for track in tracker
+        over = (
+            tracker.in_flight_events >= limits.max_in_flight_events
+            or tracker.in_flight_bytes >= limits.max_in_flight_bytes
         )
+        return over and any(track.checkpoint() != track.committed for track in tracker)
 
     def _batch_limit(self) -> int:
         """At most a batch, and never more than the in-flight bound has room for."""
@@ -219,7 +227,7 @@ class Service:
         if errored:
             self._log_errors(errored)
         dispatcher = self._dispatcher
-        assert dispatcher is not None  # noqa: S101  # set by run() before polling
+        assert dispatcher is not None  # set by run() before polling
         for tp, events, nbytes in group_by_partition(good):
             owned = self._partitions.get(tp)
             track = self._tracker.get(tp)
@@ -229,7 +237,9 @@ class Service:
                 continue
             handler = self._router.for_topic(tp.topic)
             for index, (lane, lane_events) in enumerate(dispatcher.split(events)):
-                unit = self._tracker.deliver(track, lane_events, nbytes if index == 0 else 0)
+                unit = self._tracker.deliver(
+                    track, lane_events, nbytes if index == 0 else 0
+                )
                 dispatcher.submit(handler, unit, lane)
 
     def _log_errors(self, errored: Iterable[Any]) -> None:
@@ -237,8 +247,13 @@ class Service:
             error = message.error()
             if error.fatal():
                 raise ServiceError(f"fatal Kafka error: {error.str()}")
-            self.log.warning("consumer.error", code=error.name(), reason=error.str(),
-                             topic=message.topic(), partition=message.partition())
+            self.log.warning(
+                "consumer.error",
+                code=error.name(),
+                reason=error.str(),
+                topic=message.topic(),
+                partition=message.partition(),
+            )
 
     def _dispatcher_finished(self) -> int:
         dispatcher = self._dispatcher
@@ -256,7 +271,7 @@ class Service:
                 continue  # the partition moved on since; the outcome is stale
             failure = unit.failure
             offset = unit.next_offset()
-            assert failure is not None and offset is not None  # noqa: S101  # FAILED
+            assert failure is not None and offset is not None  # FAILED
             handler = self._router.for_topic(tp.topic)
             if handler.policy.on_failure == "stop" and not isinstance(
                 failure, DeadLetterFailed
@@ -279,8 +294,13 @@ class Service:
         self._pending_pauses[tp] = (owned.epoch, offset, reason)
         self._record_pauses()
         self._apply_pauses()
-        self.log.error("partition.paused", topic=tp.topic, partition=tp.partition,
-                       offset=offset, reason=reason)
+        self.log.error(
+            "partition.paused",
+            topic=tp.topic,
+            partition=tp.partition,
+            offset=offset,
+            reason=reason,
+        )
 
     def _record_pauses(self) -> None:
         for tp, (epoch, offset, reason) in list(self._pending_pauses.items()):
@@ -299,8 +319,11 @@ class Service:
         """
         self._pause_check_at = self._clock() + PAUSE_CHECK_S
         self._record_pauses()
-        watched = [tp for tp, o in self._partitions.items()
-                   if o.status in ("paused", "active") and tp not in self._pending_pauses]
+        watched = [
+            tp
+            for tp, o in self._partitions.items()
+            if o.status in ("paused", "active") and tp not in self._pending_pauses
+        ]
         if not watched:
             return
         try:
@@ -318,13 +341,21 @@ class Service:
                 continue
             if checkpoint.paused:
                 continue
-            offset = checkpoint.offset if checkpoint.offset is not None else owned.paused_offset
+            offset = (
+                checkpoint.offset
+                if checkpoint.offset is not None
+                else owned.paused_offset
+            )
             if offset is None:
                 continue
             self._activate(tp, owned.epoch, offset)
             self._seek(tp, offset)
-            self.log.info("partition.unpaused", topic=tp.topic, partition=tp.partition,
-                          checkpoint=offset)
+            self.log.info(
+                "partition.unpaused",
+                topic=tp.topic,
+                partition=tp.partition,
+                checkpoint=offset,
+            )
 
     def _fail(self, error: StreamcpError) -> None:
         if self._failure is None:
@@ -358,8 +389,11 @@ class Service:
             consumer.resume([to_kafka(tp) for tp in parts])
         self._paused -= set(parts)
         self._apply_pauses()
-        self.log.info("partition.assigned", partitions=[str(tp) for tp in parts],
-                      waiting=claims is None)
+        self.log.info(
+            "partition.assigned",
+            partitions=[str(tp) for tp in parts],
+            waiting=claims is None,
+        )
         self.metrics.count_rebalance("assigned")
 
     def _claim(self, parts: list[TopicPartition]) -> dict[TopicPartition, Any] | None:
@@ -367,8 +401,11 @@ class Service:
             claims = self._store.claim(self._group, parts, self._owner)
             resolved = self._store_loss.resolve(self._consumer, self._owner, claims)
         except StoreUnavailable as exc:
-            self.log.warning("partition.claim_failed", error=str(exc),
-                             partitions=[str(tp) for tp in parts])
+            self.log.warning(
+                "partition.claim_failed",
+                error=str(exc),
+                partitions=[str(tp) for tp in parts],
+            )
             self._claim_retry_at = self._clock() + CLAIM_RETRY_S
             return None
         except StoreLost as exc:
@@ -386,11 +423,16 @@ class Service:
             self._unpause(tp)
         elif claim.paused:
             offset = claim.offset if claim.offset is not None else claim.paused_offset
-            self._partitions[tp] = _Owned(epoch=claim.epoch, status="paused",
-                                          paused_offset=offset)
-            self.log.warning("partition.still_paused", topic=tp.topic,
-                             partition=tp.partition, offset=offset,
-                             reason=claim.paused_reason)
+            self._partitions[tp] = _Owned(
+                epoch=claim.epoch, status="paused", paused_offset=offset
+            )
+            self.log.warning(
+                "partition.still_paused",
+                topic=tp.topic,
+                partition=tp.partition,
+                offset=offset,
+                reason=claim.paused_reason,
+            )
             return offset if offset is not None else OFFSET_STORED
         return self._activate(tp, claim.epoch, claim.offset)
 
@@ -398,28 +440,46 @@ class Service:
         try:
             self._store.unpause(self._group, tp, by=self._owner.instance_id)
         except StoreUnavailable as exc:
-            self.log.warning("partition.unpause_failed", topic=tp.topic,
-                             partition=tp.partition, error=str(exc))
+            self.log.warning(
+                "partition.unpause_failed",
+                topic=tp.topic,
+                partition=tp.partition,
+                error=str(exc),
+            )
             return
-        self.log.info("partition.retrying_paused", topic=tp.topic, partition=tp.partition)
+        self.log.info(
+            "partition.retrying_paused", topic=tp.topic, partition=tp.partition
+        )
 
     def _activate(self, tp: TopicPartition, epoch: int, offset: int | None) -> int:
         """Mark ``tp`` active from its checkpoint; returns where to start."""
         self._partitions[tp] = _Owned(epoch=epoch, status="active")
         self._tracker.start(tp, offset)
         if offset is not None:
-            self.log.info("partition.resumed", topic=tp.topic, partition=tp.partition,
-                          checkpoint=offset, epoch=epoch)
+            self.log.info(
+                "partition.resumed",
+                topic=tp.topic,
+                partition=tp.partition,
+                checkpoint=offset,
+                epoch=epoch,
+            )
             return offset
         policy = self._config.consumer.start_policy
-        self.log.info("partition.started", topic=tp.topic, partition=tp.partition,
-                      start_policy=policy, epoch=epoch)
+        self.log.info(
+            "partition.started",
+            topic=tp.topic,
+            partition=tp.partition,
+            start_policy=policy,
+            epoch=epoch,
+        )
         if policy == "fail":
             self._partitions[tp].status = "fenced"
-            self._fail(ServiceError(
-                f"no checkpoint for {tp} in group {self._group!r} and "
-                f"consumer.start_policy is 'fail'"
-            ))
+            self._fail(
+                ServiceError(
+                    f"no checkpoint for {tp} in group {self._group!r} and "
+                    f"consumer.start_policy is 'fail'"
+                )
+            )
             return OFFSET_STORED
         return OFFSET_BEGINNING if policy == "earliest" else OFFSET_END
 
@@ -439,7 +499,9 @@ class Service:
         try:
             self._consumer.seek(to_kafka(tp, offset))
         except confluent_kafka.KafkaException as exc:
-            raise ServiceError(f"could not seek {tp} to offset {offset}: {exc}") from exc
+            raise ServiceError(
+                f"could not seek {tp} to offset {offset}: {exc}"
+            ) from exc
 
     def _on_revoke(self, consumer: Any, kafka_parts: list[Any]) -> None:
         parts = [tp for tp in from_kafka(kafka_parts) if tp in self._partitions]
@@ -467,7 +529,8 @@ class Service:
 
     def _release(self, parts: Sequence[TopicPartition]) -> None:
         epochs = {
-            tp: o.epoch for tp in parts
+            tp: o.epoch
+            for tp in parts
             if (o := self._partitions.get(tp)) is not None and o.status == "active"
         }
         try:
@@ -493,8 +556,9 @@ class Service:
             self._dispatcher.abandon_retries(parts)
         while not self._tracker.all_finished(parts):
             if self._clock() >= deadline:
-                self.log.warning("partition.drain_timeout",
-                                 in_flight=self._tracker.in_flight_events)
+                self.log.warning(
+                    "partition.drain_timeout", in_flight=self._tracker.in_flight_events
+                )
                 return False
             time.sleep(0.005)
         return True
@@ -518,12 +582,18 @@ class Service:
             return True
         started = time.perf_counter()
         try:
-            result = self._store.commit(self._group, self._owner, [p[0] for p in pending])
+            result = self._store.commit(
+                self._group, self._owner, [p[0] for p in pending]
+            )
         except StoreUnavailable as exc:
             self._observer.commit_failed(time.perf_counter() - started)
             delay = self._timer.failed()
-            self.log.warning("checkpoint.commit_failed", error=str(exc),
-                             retry_in_s=delay, partitions=len(pending))
+            self.log.warning(
+                "checkpoint.commit_failed",
+                error=str(exc),
+                retry_in_s=delay,
+                partitions=len(pending),
+            )
             return False
         self._timer.succeeded(finished)
         accepted = set(result.accepted)
@@ -534,21 +604,29 @@ class Service:
             self._tracker.committed(track, request.offset)
             track.finished_at_commit = finished_then
             mirrored.append(to_kafka(request.topic_partition, request.offset))
-        self._observer.committed(result.accepted, result.refused,
-                                 time.perf_counter() - started)
+        self._observer.committed(
+            result.accepted, result.refused, time.perf_counter() - started
+        )
         for refusal in result.refused:
             self._on_refused(refusal)
-        self.log.debug("checkpoint.committed", partitions=len(accepted),
-                       refused=len(result.refused),
-                       duration_ms=round((time.perf_counter() - started) * 1000, 3))
+        self.log.debug(
+            "checkpoint.committed",
+            partitions=len(accepted),
+            refused=len(result.refused),
+            duration_ms=round((time.perf_counter() - started) * 1000, 3),
+        )
         self._mirror(mirrored)
         return True
 
-    def _commit_until(self, parts: Sequence[TopicPartition] | None, deadline: float) -> bool:
+    def _commit_until(
+        self, parts: Sequence[TopicPartition] | None, deadline: float
+    ) -> bool:
         while not self._commit(parts):
             if self._clock() >= deadline:
-                self.log.error("checkpoint.commit_abandoned",
-                               reason="store did not answer within the drain timeout")
+                self.log.error(
+                    "checkpoint.commit_abandoned",
+                    reason="store did not answer within the drain timeout",
+                )
                 return False
             time.sleep(0.05)
         return True
@@ -563,9 +641,14 @@ class Service:
 
     def _on_refused(self, refusal: Refusal) -> None:
         tp = refusal.topic_partition
-        self.log.warning("checkpoint.refused", topic=tp.topic, partition=tp.partition,
-                         reason=refusal.reason, stored_epoch=refusal.stored_epoch,
-                         stored_owner=refusal.stored_owner)
+        self.log.warning(
+            "checkpoint.refused",
+            topic=tp.topic,
+            partition=tp.partition,
+            reason=refusal.reason,
+            stored_epoch=refusal.stored_epoch,
+            stored_owner=refusal.stored_owner,
+        )
         if self._adopt_operator_change(refusal):
             return
         owned = self._partitions.get(tp)
@@ -596,10 +679,15 @@ class Service:
             claim = self._store.claim(self._group, [tp], self._owner)[tp]
         except StoreUnavailable:
             return  # the next commit is refused again and retries this
-        self.log.warning("checkpoint.epoch_regressed", topic=tp.topic,
-                         partition=tp.partition, stored_epoch=refusal.stored_epoch,
-                         epoch=owned.epoch, new_epoch=claim.epoch,
-                         stored_checkpoint=claim.offset)
+        self.log.warning(
+            "checkpoint.epoch_regressed",
+            topic=tp.topic,
+            partition=tp.partition,
+            stored_epoch=refusal.stored_epoch,
+            epoch=owned.epoch,
+            new_epoch=claim.epoch,
+            stored_checkpoint=claim.offset,
+        )
         owned.epoch = claim.epoch
         track = self._tracker.get(tp)
         if track is not None:
@@ -626,16 +714,24 @@ class Service:
             f"the checkpoint store no longer holds {tp} of group {self._group!r}, "
             f"claimed by this consumer at epoch {owned.epoch}: Redis lost data "
             f"(restart without persistence, flush or failover); set "
-            f"consumer.on_store_loss = \"recover_from_kafka\" to resume from "
+            f'consumer.on_store_loss = "recover_from_kafka" to resume from '
             f"Kafka's group offsets, or restore the checkpoints"
         )
-        self.log.error("checkpoint.store_lost", topic=tp.topic, partition=tp.partition,
-                       epoch=owned.epoch, error=str(error))
+        self.log.error(
+            "checkpoint.store_lost",
+            topic=tp.topic,
+            partition=tp.partition,
+            epoch=owned.epoch,
+            error=str(error),
+        )
         self._fail(error)
 
     def _adopt_operator_change(self, refusal: Refusal) -> bool:
         tp = refusal.topic_partition
-        if refusal.reason != "stale_epoch" or refusal.stored_owner != self._owner.instance_id:
+        if (
+            refusal.reason != "stale_epoch"
+            or refusal.stored_owner != self._owner.instance_id
+        ):
             return False
         try:
             stored = self._store.read(self._group, [tp]).get(tp)
@@ -657,8 +753,13 @@ class Service:
             self._dispatcher.discard(tp)
         self._activate(tp, stored.epoch, stored.offset)
         self._seek(tp, stored.offset)
-        self.log.info("checkpoint.adopted", topic=tp.topic, partition=tp.partition,
-                      checkpoint=stored.offset, epoch=stored.epoch)
+        self.log.info(
+            "checkpoint.adopted",
+            topic=tp.topic,
+            partition=tp.partition,
+            checkpoint=stored.offset,
+            epoch=stored.epoch,
+        )
         return True
 
     # -- flow control ----------------------------------------------------------
@@ -673,17 +774,23 @@ class Service:
             or self._tracker.in_flight_bytes >= limits.max_in_flight_bytes
         )
         wanted = {
-            tp for tp, owned in self._partitions.items()
+            tp
+            for tp, owned in self._partitions.items()
             if over or owned.status != "active" or self._stop.is_set()
         }
         to_pause = wanted - self._paused
         to_resume = self._paused - wanted
         if to_pause:
             consumer.pause([to_kafka(tp) for tp in to_pause])
-            self.log.debug("consumer.backpressure", paused=len(to_pause),
-                           in_flight=self._tracker.in_flight_events)
+            self.log.debug(
+                "consumer.backpressure",
+                paused=len(to_pause),
+                in_flight=self._tracker.in_flight_events,
+            )
         if to_resume:
-            consumer.resume([to_kafka(tp) for tp in to_resume if tp in self._partitions])
+            consumer.resume(
+                [to_kafka(tp) for tp in to_resume if tp in self._partitions]
+            )
             self.log.debug("consumer.backpressure", resumed=len(to_resume))
         self._paused = wanted
 
@@ -724,11 +831,15 @@ class Service:
         for handler in self._router:
             try:
                 handler.setup()
-            except Exception as exc:  # noqa: BLE001  # any setup error stops the start
-                self.log.error("handler.setup_failed", handler=handler.name,
-                               error=f"{type(exc).__name__}: {exc}")
+            except Exception as exc:  # any setup error stops the start
+                self.log.error(
+                    "handler.setup_failed",
+                    handler=handler.name,
+                    error=f"{type(exc).__name__}: {exc}",
+                )
                 raise ServiceError(
-                    f"handler {handler.name!r} failed in setup: {type(exc).__name__}: {exc}"
+                    f"handler {handler.name!r} failed in setup: "
+                    f"{type(exc).__name__}: {exc}"
                 ) from exc
 
     def _shutdown(self) -> None:
@@ -737,7 +848,9 @@ class Service:
         if self._consumer is not None:
             self._apply_pauses()
             self._drain(None)
-            self._commit_until(None, self._clock() + self._config.consumer.drain_timeout_s)
+            self._commit_until(
+                None, self._clock() + self._config.consumer.drain_timeout_s
+            )
             self._release(list(self._partitions))
             try:
                 self._consumer.close()
@@ -749,8 +862,9 @@ class Service:
             try:
                 handler.close()
             except Exception as exc:  # noqa: BLE001  # a close error must not mask the exit
-                self.log.warning("handler.close_failed", handler=handler.name,
-                                 error=repr(exc))
+                self.log.warning(
+                    "handler.close_failed", handler=handler.name, error=repr(exc)
+                )
         self.log.info("service.stopped", exit_status=0 if self._failure is None else 1)
         if self._http is not None:
             self._http.close()
@@ -773,15 +887,17 @@ class Service:
         except OSError as exc:
             # The consumer goes on without its endpoint: losing the metrics
             # is better than stopping consumption; the error says why.
-            self.log.error("metrics.bind_failed", address=settings.address,
-                           error=str(exc))
+            self.log.error(
+                "metrics.bind_failed", address=settings.address, error=str(exc)
+            )
             return
         self._http = server
         self.log.info("metrics.listening", address=f"{host}:{port}", port=port)
 
     def _consumer_settings(self) -> dict[str, Any]:
-        settings = consumer_settings(self._config.kafka,
-                                     self._config.consumer.start_policy)
+        settings = consumer_settings(
+            self._config.kafka, self._config.consumer.start_policy
+        )
         if self._config.metrics.enabled:
             # The statistics report each broker connection's state: the
             # readiness probe's view of the broker, at no request's cost.
@@ -793,6 +909,10 @@ class Service:
         if not self._observer.due():
             return
         active = [tp for tp, o in self._partitions.items() if o.status == "active"]
-        self._observer.refresh(self._tracker, active, paused=len(self._paused),
-                               assigned=len(self._partitions),
-                               consumer=self._consumer)
+        self._observer.refresh(
+            self._tracker,
+            active,
+            paused=len(self._paused),
+            assigned=len(self._partitions),
+            consumer=self._consumer,
+        )

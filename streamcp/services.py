@@ -1000,7 +1000,8 @@ def _external_redis(env_var: str, url: str) -> RedisService:
     parts = urlsplit(url)
     if parts.scheme not in ("redis", "rediss") or not parts.hostname:
         raise ServiceUnavailableError(
-            f"{env_var}={redact_url(url)!r} is not a redis:// URL")
+            f"{env_var}={redact_url(url)!r} is not a redis:// URL"
+        )
     port = parts.port or 6379
     client = redis.Redis.from_url(
         url, socket_timeout=5, socket_connect_timeout=5, retry=Retry(NoBackoff(), 0)

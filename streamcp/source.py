@@ -7,8 +7,8 @@ the checkpoint store; Kafka's group offsets only mirror accepted checkpoints.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator, Sequence
 import logging
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 import confluent_kafka
@@ -80,7 +80,9 @@ def consumer_settings(config: KafkaConfig, start_policy: StartPolicy) -> dict[st
     return settings
 
 
-def to_kafka(tp: TopicPartition, offset: int | None = None) -> confluent_kafka.TopicPartition:
+def to_kafka(
+    tp: TopicPartition, offset: int | None = None
+) -> confluent_kafka.TopicPartition:
     if offset is None:
         return confluent_kafka.TopicPartition(tp.topic, tp.partition)
     return confluent_kafka.TopicPartition(tp.topic, tp.partition, offset)
@@ -121,8 +123,11 @@ def group_by_partition(
     for start, end in _runs(topics, partitions):
         topic, partition = topics[start], partitions[start]
         run = messages[start:end]
-        yield (TopicPartition(topic, partition), _events(run, topic, partition, run_id),
-               _value_bytes(run))
+        yield (
+            TopicPartition(topic, partition),
+            _events(run, topic, partition, run_id),
+            _value_bytes(run),
+        )
 
 
 # This loop runs for every event the service consumes, on the polling thread,
@@ -137,8 +142,10 @@ _message_error = confluent_kafka.Message.error
 
 def _topics_and_partitions(messages: Sequence[Any]) -> tuple[list[Any], list[Any]]:
     try:
-        return (list(map(_message_topic, messages)),
-                list(map(_message_partition, messages)))
+        return (
+            list(map(_message_topic, messages)),
+            list(map(_message_partition, messages)),
+        )
     except TypeError:  # not confluent-kafka's own messages (a test double)
         return [m.topic() for m in messages], [m.partition() for m in messages]
 
@@ -149,7 +156,8 @@ def _runs(topics: list[Any], partitions: list[Any]) -> list[tuple[int, int]]:
     if partitions.count(partitions[0]) == size and topics.count(topics[0]) == size:
         return [(0, size)]  # the usual case: a fetch brings one partition
     starts = [0] + [
-        index for index in range(1, size)
+        index
+        for index in range(1, size)
         if partitions[index] != partitions[index - 1]
         or topics[index] != topics[index - 1]
     ]

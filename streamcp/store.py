@@ -164,7 +164,9 @@ class CheckpointStore(Protocol):
         reason: str,
     ) -> bool: ...
 
-    def unpause(self, namespace: str, topic_partition: TopicPartition, by: str) -> bool: ...
+    def unpause(
+        self, namespace: str, topic_partition: TopicPartition, by: str
+    ) -> bool: ...
 
     def history(self, namespace: str, count: int = 100) -> list[HistoryEntry]: ...
 
@@ -243,8 +245,13 @@ class InMemoryCheckpointStore:
                 reason = _refusal_reason(slot, owner, request)
                 if reason is not None:
                     refused.append(
-                        Refusal(request.topic_partition, reason, slot.epoch,
-                                slot.owner, slot.offset)
+                        Refusal(
+                            request.topic_partition,
+                            reason,
+                            slot.epoch,
+                            slot.owner,
+                            slot.offset,
+                        )
                     )
                     continue
                 accepted.append(request.topic_partition)
@@ -253,11 +260,21 @@ class InMemoryCheckpointStore:
                 previous = slot.offset
                 slot.offset = request.offset
                 slot.committed_at = at
-                slot.host, slot.pid, slot.member = owner.host, owner.pid, owner.member_id
+                slot.host, slot.pid, slot.member = (
+                    owner.host,
+                    owner.pid,
+                    owner.member_id,
+                )
                 slot.events = request.events
                 slot.operator_change = False
-                self._append(space, "commit", request.topic_partition, slot.offset,
-                             previous, slot)
+                self._append(
+                    space,
+                    "commit",
+                    request.topic_partition,
+                    slot.offset,
+                    previous,
+                    slot,
+                )
             return CommitResult(tuple(accepted), tuple(refused))
 
     def release(
@@ -299,8 +316,9 @@ class InMemoryCheckpointStore:
             slot.host, slot.pid, slot.member = by, 0, ""
             slot.events = 0
             slot.operator_change = True
-            self._append(space, "operator", topic_partition, offset, previous, slot,
-                         who=by)
+            self._append(
+                space, "operator", topic_partition, offset, previous, slot, who=by
+            )
             return _checkpoint(topic_partition, slot)
 
     def pause(
@@ -334,7 +352,9 @@ class InMemoryCheckpointStore:
             slot.paused_offset = None
             slot.paused_reason = ""
             slot.paused_at = None
-            self._append(space, "unpause", topic_partition, slot.offset, slot.offset, slot)
+            self._append(
+                space, "unpause", topic_partition, slot.offset, slot.offset, slot
+            )
             return True
 
     def history(self, namespace: str, count: int = 100) -> list[HistoryEntry]:
@@ -364,8 +384,16 @@ class InMemoryCheckpointStore:
         space.sequence += 1
         entry_id = f"{int(time.time() * 1000)}-{space.sequence}"
         space.history.append(
-            HistoryEntry(entry_id, kind, tp, offset, previous, slot.epoch,
-                         slot.owner if who is None else who, now_utc())
+            HistoryEntry(
+                entry_id,
+                kind,
+                tp,
+                offset,
+                previous,
+                slot.epoch,
+                slot.owner if who is None else who,
+                now_utc(),
+            )
         )
         while len(space.history) > self._history_max:
             space.history.popleft()

@@ -84,8 +84,12 @@ class Unit:
         """Nothing runs for this unit now, nor will without a retry timer."""
         if self.running:
             return False
-        return (self.finished or self.cancelled or self.failure is not None
-                or self.retry_at is not None)
+        return (
+            self.finished
+            or self.cancelled
+            or self.failure is not None
+            or self.retry_at is not None
+        )
 
     def next_offset(self) -> int | None:
         """The first unfinished offset, or ``None`` when finished."""
@@ -165,7 +169,9 @@ class OffsetTracker:
     def __contains__(self, tp: TopicPartition) -> bool:
         return tp in self._tracks
 
-    def deliver(self, track: PartitionTrack, events: Sequence[Event], nbytes: int) -> Unit:
+    def deliver(
+        self, track: PartitionTrack, events: Sequence[Event], nbytes: int
+    ) -> Unit:
         """Record ``events`` (offset order) as handed out; returns their unit."""
         unit = Unit(track.topic_partition, events, nbytes, track.generation)
         track.units.append(unit)

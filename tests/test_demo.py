@@ -24,7 +24,10 @@ def run_demo_cli(
 ) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [sys.executable, "-m", "streamcp.cli", "demo", *args],
-        capture_output=True, text=True, timeout=timeout_s, check=False,
+        capture_output=True,
+        text=True,
+        timeout=timeout_s,
+        check=False,
     )
 
 
@@ -39,8 +42,14 @@ def test_demo_stops_midway_resumes_at_the_checkpoints_and_gets_exact_stats(
     the first one stored (read back from the store's history, independently of
     the demo's own check); the first run stopped midway; and the statistics in
     Redis equal compute_stats of the data file."""
-    done = run_demo_cli("--bootstrap-servers", kafka.bootstrap_servers,
-                        "--redis-url", redis_service.url, "--workdir", str(tmp_path))
+    done = run_demo_cli(
+        "--bootstrap-servers",
+        kafka.bootstrap_servers,
+        "--redis-url",
+        redis_service.url,
+        "--workdir",
+        str(tmp_path),
+    )
     assert done.returncode == 0, done.stdout + done.stderr
     assert MATCH_LINE in done.stdout
     assert "Every partition resumed exactly at its stored checkpoint." in done.stdout
@@ -95,8 +104,15 @@ def test_demo_with_a_redis_that_does_not_answer_fails_with_a_clear_message(
     """A --redis-url nobody listens on: exit status 1 and a message naming the
     Redis that does not answer, without a traceback."""
     url = f"redis://127.0.0.1:{free_port()}/0"
-    done = run_demo_cli("--bootstrap-servers", kafka.bootstrap_servers,
-                        "--redis-url", url, "--workdir", str(tmp_path), timeout_s=60)
+    done = run_demo_cli(
+        "--bootstrap-servers",
+        kafka.bootstrap_servers,
+        "--redis-url",
+        url,
+        "--workdir",
+        str(tmp_path),
+        timeout_s=60,
+    )
     assert done.returncode == 1, done.stdout + done.stderr
     assert f"Redis at {url} does not answer" in done.stderr
     assert "Traceback" not in done.stderr

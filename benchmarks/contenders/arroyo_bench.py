@@ -51,8 +51,9 @@ def main() -> None:
     settings["enable.auto.offset.store"] = False
     settings["enable.auto.commit"] = False
     consumer = KafkaConsumer(settings)
-    processor = StreamProcessor(consumer, Topic(spec["topic"]), Factory(),
-                                ONCE_PER_SECOND)
+    processor = StreamProcessor(
+        consumer, Topic(spec["topic"]), Factory(), ONCE_PER_SECOND
+    )
     processor.run()
     emit(meter.result(seen))
 

@@ -14,8 +14,15 @@ from common import Meter, emit, kafka_settings, load_spec
 from quixstreams import Application
 
 # Settings quixstreams owns and refuses to take as extra configuration.
-OWNED = ("bootstrap.servers", "group.id", "auto.offset.reset", "enable.auto.commit",
-         "enable.auto.offset.store", "enable.partition.eof", "isolation.level")
+OWNED = (
+    "bootstrap.servers",
+    "group.id",
+    "auto.offset.reset",
+    "enable.auto.commit",
+    "enable.auto.offset.store",
+    "enable.partition.eof",
+    "isolation.level",
+)
 
 
 def main() -> None:
@@ -34,8 +41,9 @@ def main() -> None:
         auto_create_topics=False,
         loglevel="WARNING",
     )
-    topic = app.topic(spec["topic"], value_deserializer="bytes",
-                      key_deserializer="bytes")
+    topic = app.topic(
+        spec["topic"], value_deserializer="bytes", key_deserializer="bytes"
+    )
     seen = 0
 
     def step(value: Any) -> None:

@@ -91,8 +91,13 @@ def main() -> None:
     elif variant == "json":
         seen = decoding(consumer, expected, meter)
     else:
-        seen = checkpointing(consumer, expected, meter, spec["redis_url"],
-                             f"{spec['key_prefix']}:raw-checkpoints")
+        seen = checkpointing(
+            consumer,
+            expected,
+            meter,
+            spec["redis_url"],
+            f"{spec['key_prefix']}:raw-checkpoints",
+        )
     emit(meter.result(seen))
     consumer.close()
 

@@ -99,8 +99,9 @@ class Batched(Counting):
 class TimedStore:
     """The Redis store, with each commit call timed and every call counted."""
 
-    def __init__(self, inner: RedisCheckpointStore,
-                 probe: redis.Redis | None = None) -> None:
+    def __init__(
+        self, inner: RedisCheckpointStore, probe: redis.Redis | None = None
+    ) -> None:
         self._inner = inner
         self._probe = probe
         self.evalsha = 0
@@ -127,9 +128,11 @@ class TimedStore:
     def __getattr__(self, name: str) -> Any:
         attribute = getattr(self._inner, name)
         if callable(attribute):
+
             def counted(*args: Any, **kwargs: Any) -> Any:
                 self._count(name)
                 return attribute(*args, **kwargs)
+
             return counted
         return attribute
 
@@ -149,18 +152,26 @@ def config_for(spec: dict[str, Any]) -> Config:
     properties = dict(spec["librdkafka"])
     session_ms = int(properties.pop("session.timeout.ms", 10_000))
     consumer = {"drain_timeout_s": 10.0, **spec.get("consumer", {})}
-    return build_config({
-        "kafka": {"bootstrap_servers": spec["bootstrap"], "group_id": spec["group"],
-                  "topics": [spec["topic"]], "session_timeout_ms": session_ms,
-                  "properties": properties},
-        "redis": {"url": spec["redis_url"], "key_prefix": spec["key_prefix"]},
-        "commit": {"every_events": spec.get("commit_every_events", 0),
-                   "every_seconds": spec.get("commit_every_seconds", 1.0)},
-        "consumer": consumer,
-        "handler": {"name": "benchmark"},
-        "log": {"level": "warning"},
-        "metrics": {"address": "127.0.0.1:0"},
-    })
+    return build_config(
+        {
+            "kafka": {
+                "bootstrap_servers": spec["bootstrap"],
+                "group_id": spec["group"],
+                "topics": [spec["topic"]],
+                "session_timeout_ms": session_ms,
+                "properties": properties,
+            },
+            "redis": {"url": spec["redis_url"], "key_prefix": spec["key_prefix"]},
+            "commit": {
+                "every_events": spec.get("commit_every_events", 0),
+                "every_seconds": spec.get("commit_every_seconds", 1.0),
+            },
+            "consumer": consumer,
+            "handler": {"name": "benchmark"},
+            "log": {"level": "warning"},
+            "metrics": {"address": "127.0.0.1:0"},
+        }
+    )
 
 
 def make_handler(mode: str, expected: int, meter: Meter) -> Counting:
@@ -184,12 +195,23 @@ def run_replay(
     runs = RunStore.from_url(config.redis.url, key_prefix=config.redis.key_prefix)
     owner = Owner.for_this_process()
     ranges = [PartitionRange(p, start, end) for p, start, end in spec["ranges"]]
-    record = runs.create(f"bench-{uuid.uuid4().hex[:8]}", topic=spec["topic"],
-                         handler="benchmark", ranges=ranges, requested={},
-                         owner=owner)
+    record = runs.create(
+        f"bench-{uuid.uuid4().hex[:8]}",
+        topic=spec["topic"],
+        handler="benchmark",
+        ranges=ranges,
+        requested={},
+        owner=owner,
+    )
     handler = build(counting, {}, name="benchmark")
-    job = Replay(record, config, store=store, runs=runs, handler=handler,  # type: ignore[arg-type]
-                 owner=owner)
+    job = Replay(
+        record,
+        config,
+        store=store,
+        runs=runs,
+        handler=handler,  # type: ignore[arg-type]
+        owner=owner,
+    )
     outcome = job.run()
     runs.close()
     return 0 if outcome.status == "completed" else 1
@@ -214,8 +236,12 @@ def main() -> None:
     # Counting round trips costs two INFO calls per commit: only where the
     # commits are about one a second.
     probe = client if spec.get("count_round_trips") else None
-    store = TimedStore(RedisCheckpointStore.from_url(
-        config.redis.url, key_prefix=config.redis.key_prefix), probe)
+    store = TimedStore(
+        RedisCheckpointStore.from_url(
+            config.redis.url, key_prefix=config.redis.key_prefix
+        ),
+        probe,
+    )
     if not spec.get("no_freeze"):
         freeze_startup_objects()  # as `streamcp run` and `streamcp replay` do
     if spec["mode"] == "replay":
@@ -223,16 +249,18 @@ def main() -> None:
     else:
         status = run_live(config, store, counting)
     commits = len(store.commit_s)
-    emit(meter.result(
-        counting.counted,
-        exit_status=status,
-        commits=commits,
-        evalsha_per_commit=store.evalsha / commits if commits and probe else None,
-        partitions_per_commit_max=max(store.commit_partitions, default=0),
-        commit_p50_ms=_ms(percentile(store.commit_s, 0.50)),
-        commit_p99_ms=_ms(percentile(store.commit_s, 0.99)),
-        store_calls=store.calls,
-    ))
+    emit(
+        meter.result(
+            counting.counted,
+            exit_status=status,
+            commits=commits,
+            evalsha_per_commit=store.evalsha / commits if commits and probe else None,
+            partitions_per_commit_max=max(store.commit_partitions, default=0),
+            commit_p50_ms=_ms(percentile(store.commit_s, 0.50)),
+            commit_p99_ms=_ms(percentile(store.commit_s, 0.99)),
+            store_calls=store.calls,
+        )
+    )
     store.close()
     client.close()
 

@@ -43,8 +43,13 @@ from streamcp.testing._harness import Harness, Outcome
 S = TypeVar("S")
 
 CheckName = Literal["at_least_once", "replay", "errors", "rebalance", "close"]
-CHECKS: tuple[CheckName, ...] = ("at_least_once", "replay", "errors", "rebalance",
-                                 "close")
+CHECKS: tuple[CheckName, ...] = (
+    "at_least_once",
+    "replay",
+    "errors",
+    "rebalance",
+    "close",
+)
 ReplayMode = Literal["overwrite", "skip"]
 CheckStatus = Literal["passed", "failed", "not_run"]
 
@@ -188,8 +193,14 @@ def check_conformance(
         raise ValueError(
             f"unknown check(s) {sorted(unknown)!r}; choose from {CHECKS!r}"
         )
-    subject = _subject(handler_factory, events, state=state, snapshot=snapshot,
-                       batch_size=batch_size, policy=policy or {})
+    subject = _subject(
+        handler_factory,
+        events,
+        state=state,
+        snapshot=snapshot,
+        batch_size=batch_size,
+        policy=policy or {},
+    )
     reference, problem = _clean_run(subject)
     results = []
     for name in CHECKS:
@@ -198,8 +209,16 @@ def check_conformance(
         if problem is not None:
             results.append(CheckResult(name, "failed", (problem,)))
             continue
-        results.append(_run_check(name, subject, reference, replay=replay,
-                                  errors=errors, close_timeout_s=close_timeout_s))
+        results.append(
+            _run_check(
+                name,
+                subject,
+                reference,
+                replay=replay,
+                errors=errors,
+                close_timeout_s=close_timeout_s,
+            )
+        )
     report = ConformanceReport(tuple(results))
     if raise_on_failure and not report.passed:
         raise ConformanceError(report)
@@ -224,11 +243,14 @@ def _subject(
     if len(topics) != 1:
         raise ValueError(f"events must be of one topic, got {topics!r}")
     if any(event.is_replay for event in events):
-        raise ValueError("events must be live events (run_id None); the replay "
-                         "check makes the replayed copies itself")
+        raise ValueError(
+            "events must be live events (run_id None); the replay "
+            "check makes the replayed copies itself"
+        )
     partitions = max(event.partition for event in events) + 1
-    return _Subject(factory, state, snapshot, events, topics[0], partitions,
-                    batch_size, policy)
+    return _Subject(
+        factory, state, snapshot, events, topics[0], partitions, batch_size, policy
+    )
 
 
 def _run_check(
@@ -241,11 +263,17 @@ def _run_check(
     close_timeout_s: float,
 ) -> CheckResult:
     if name == "replay" and replay is None:
-        return CheckResult(name, "not_run", (
-            "no replay behaviour declared: pass replay='overwrite' or 'skip'",))
+        return CheckResult(
+            name,
+            "not_run",
+            ("no replay behaviour declared: pass replay='overwrite' or 'skip'",),
+        )
     if name == "errors" and not errors:
-        return CheckResult(name, "not_run", (
-            "no sample bad events: pass errors=[ExpectedError(event, raises=...)]",))
+        return CheckResult(
+            name,
+            "not_run",
+            ("no sample bad events: pass errors=[ExpectedError(event, raises=...)]",),
+        )
     if name == "at_least_once":
         problems = _at_least_once(subject, reference)
     elif name == "replay":
@@ -285,8 +313,9 @@ def _at_least_once(subject: _Subject[Any], reference: object) -> list[str]:
     problems = _failed_during(crashed, "before the crash")
     restarted = subject.harness(state, store=crashed.store)
     again = restarted.redeliver(subject.events)
-    problems += _failed_during(restarted, "while the events after the checkpoint "
-                                          "were delivered again")
+    problems += _failed_during(
+        restarted, "while the events after the checkpoint were delivered again"
+    )
     _close_quietly(restarted)
     after = subject.snapshot(state)
     _close_quietly(crashed)
@@ -319,20 +348,29 @@ def _replay(subject: _Subject[Any], reference: object, mode: ReplayMode) -> list
     if over_live != reference:
         problems.append(
             f"replaying events that were already handled changed the state "
-            f"({_difference(reference, over_live)}). " + (
+            f"({_difference(reference, over_live)}). "
+            + (
                 "With replay='overwrite', applying an event again must overwrite "
-                "its result, not add to it" if mode == "overwrite" else
-                "With replay='skip', return early when event.is_replay is true")
+                "its result, not add to it"
+                if mode == "overwrite"
+                else "With replay='skip', return early when event.is_replay is true"
+            )
         )
-    expected, what = (reference, "the state of handling them once") if (
-        mode == "overwrite") else (empty, "the empty state")
+    expected, what = (
+        (reference, "the state of handling them once")
+        if (mode == "overwrite")
+        else (empty, "the empty state")
+    )
     if over_empty != expected:
         problems.append(
             f"replaying the events over an empty state did not leave {what} "
-            f"({_difference(expected, over_empty)}). " + (
+            f"({_difference(expected, over_empty)}). "
+            + (
                 "With replay='overwrite', apply replayed events (do not skip "
-                "event.is_replay)" if mode == "overwrite" else
-                "With replay='skip', return early when event.is_replay is true")
+                "event.is_replay)"
+                if mode == "overwrite"
+                else "With replay='skip', return early when event.is_replay is true"
+            )
         )
     return problems
 
@@ -346,8 +384,11 @@ def _errors(subject: _Subject[Any], errors: Sequence[ExpectedError]) -> list[str
 
 def _one_error(subject: _Subject[Any], expected: ExpectedError) -> list[str]:
     event = expected.event
-    harness = subject.harness(subject.state(), topic=event.topic,
-                              partitions=max(subject.partitions, event.partition + 1))
+    harness = subject.harness(
+        subject.state(),
+        topic=event.topic,
+        partitions=max(subject.partitions, event.partition + 1),
+    )
     try:
         (outcome,) = harness.feed([event])
         checkpoint = harness.checkpoints().get(event.topic_partition)
@@ -356,23 +397,32 @@ def _one_error(subject: _Subject[Any], expected: ExpectedError) -> list[str]:
     where = f"the bad event at {event.topic_partition} offset {event.offset}"
     if outcome.status == "succeeded":
         wanted = expected.raises.__name__ if expected.raises else "an exception"
-        return [f"{where} ({_short(event.value)}) succeeded; the handler must "
-                f"raise {wanted} for it"]
+        return [
+            f"{where} ({_short(event.value)}) succeeded; the handler must "
+            f"raise {wanted} for it"
+        ]
     error = outcome.error
     problems = []
     if expected.raises is not None and not isinstance(error, expected.raises):
         wanted = expected.raises.__name__
-        problems.append(f"{where} raised {_name(error)}: {error}, not {wanted}; "
-                        f"raise {wanted} (or chain it as the cause of BatchFailed) "
-                        f"for such events")
+        problems.append(
+            f"{where} raised {_name(error)}: {error}, not {wanted}; "
+            f"raise {wanted} (or chain it as the cause of BatchFailed) "
+            f"for such events"
+        )
     if expected.retryable is not None:
-        problems += _retry_problems(where, outcome, harness.handler.policy,
-                                    expected.retryable)
-    if outcome.status == "failed" and checkpoint is not None and (
-        checkpoint > event.offset
+        problems += _retry_problems(
+            where, outcome, harness.handler.policy, expected.retryable
+        )
+    if (
+        outcome.status == "failed"
+        and checkpoint is not None
+        and (checkpoint > event.offset)
     ):
-        problems.append(f"the checkpoint moved past {where} (to {checkpoint}); a "
-                        f"failed event must hold it")
+        problems.append(
+            f"the checkpoint moved past {where} (to {checkpoint}); a "
+            f"failed event must hold it"
+        )
     return problems
 
 
@@ -386,16 +436,20 @@ def _retry_problems(
         # One attempt allowed: nothing is retried; judge by the policy.
         retried = error is not None and policy.retryable(error)
     if retryable and not retried:
-        return [f"the error for {where} ({_name(error)}: {error}) was not retried, "
-                f"though declared retryable: it is NonRetryable, a DecodeError or a "
-                f"type in the handler's non_retryable; raise an ordinary exception "
-                f"for errors that may pass on a later attempt"]
+        return [
+            f"the error for {where} ({_name(error)}: {error}) was not retried, "
+            f"though declared retryable: it is NonRetryable, a DecodeError or a "
+            f"type in the handler's non_retryable; raise an ordinary exception "
+            f"for errors that may pass on a later attempt"
+        ]
     if not retryable and retried:
-        return [f"the error for {where} ({_name(error)}: {error}) was retried "
-                f"({outcome.attempts} calls), though declared final: raise "
-                f"NonRetryable (chain the cause with 'from') or list "
-                f"{_name(error)} in the handler's non_retryable, so the failure "
-                f"policy applies at once"]
+        return [
+            f"the error for {where} ({_name(error)}: {error}) was retried "
+            f"({outcome.attempts} calls), though declared final: raise "
+            f"NonRetryable (chain the cause with 'from') or list "
+            f"{_name(error)} in the handler's non_retryable, so the failure "
+            f"policy applies at once"
+        ]
     return []
 
 
@@ -410,8 +464,9 @@ def _rebalance(subject: _Subject[Any], reference: object) -> list[str]:
     other.revoke()
     consumer.assign(range(subject.partitions))
     consumer.redeliver(subject.events)
-    problems = _failed_during(other, "on the consumer that held the partitions "
-                                     "meanwhile")
+    problems = _failed_during(
+        other, "on the consumer that held the partitions meanwhile"
+    )
     problems += _failed_during(consumer, "after the partitions were given back")
     _close_quietly(other)
     _close_quietly(consumer)
@@ -439,30 +494,42 @@ def _close(subject: _Subject[Any], timeout_s: float) -> list[str]:
         known = _open_fds()
         _event_loop()
         fds_before |= _open_fds() - known
-    harness = Harness(handler, topic=subject.topic, partitions=subject.partitions,
-                      batch_size=subject.batch_size)
+    harness = Harness(
+        handler,
+        topic=subject.topic,
+        partitions=subject.partitions,
+        batch_size=subject.batch_size,
+    )
     opened = _open_fds() - fds_before
     harness.feed(subject.events)
     started = time.monotonic()
     try:
         harness.close()
     except Exception as exc:  # noqa: BLE001  # the handler's error is the finding
-        return [f"close() raised {_name(exc)}: {exc}; close() must release what "
-                f"setup() opened and return without raising"]
+        return [
+            f"close() raised {_name(exc)}: {exc}; close() must release what "
+            f"setup() opened and return without raising"
+        ]
     took_s = time.monotonic() - started
     problems = []
     if took_s > timeout_s:
-        problems.append(f"close() took {took_s:.1f} s, more than {timeout_s} s; "
-                        f"bound every wait in close()")
+        problems.append(
+            f"close() took {took_s:.1f} s, more than {timeout_s} s; "
+            f"bound every wait in close()"
+        )
     left = _threads_left(threads_before, timeout_s)
     if left:
-        problems.append(f"close() left thread(s) {', '.join(left)} running; stop "
-                        f"and join in close() every thread the handler started")
+        problems.append(
+            f"close() left thread(s) {', '.join(left)} running; stop "
+            f"and join in close() every thread the handler started"
+        )
     leaked = sorted(target for fd, target in opened & _open_fds())
     if leaked:
-        problems.append(f"close() left open {len(leaked)} file descriptor(s) that "
-                        f"setup() opened ({', '.join(leaked)}); close in close() "
-                        f"the connections and files setup() opened")
+        problems.append(
+            f"close() left open {len(leaked)} file descriptor(s) that "
+            f"setup() opened ({', '.join(leaked)}); close in close() "
+            f"the connections and files setup() opened"
+        )
     return problems
 
 
@@ -484,35 +551,44 @@ def _run(
 def _first_failure(harness: Harness) -> str | None:
     for outcome in harness.outcomes:
         if outcome.status in ("failed", "skipped", "dead_lettered"):
-            return (f"{outcome.topic_partition} offset {outcome.offset} was "
-                    f"{outcome.status.replace('_', '-')} after "
-                    f"{_name(outcome.error)}: {outcome.error}")
+            return (
+                f"{outcome.topic_partition} offset {outcome.offset} was "
+                f"{outcome.status.replace('_', '-')} after "
+                f"{_name(outcome.error)}: {outcome.error}"
+            )
     return None
 
 
 def _failed_during_run(
-    subject: _Subject[Any], state: object, events: Sequence[Event], kind: str,
+    subject: _Subject[Any],
+    state: object,
+    events: Sequence[Event],
+    kind: str,
     **kwargs: Any,
 ) -> list[str]:
     failure = _run(subject, state, events, **kwargs)
     if failure is None:
         return []
-    return [f"the handler failed during a {kind} run: {failure}. Every event "
-            f"given to check_conformance must succeed, live or replayed"]
+    return [
+        f"the handler failed during a {kind} run: {failure}. Every event "
+        f"given to check_conformance must succeed, live or replayed"
+    ]
 
 
 def _split(events: Sequence[Event], parts: int) -> list[list[Event]]:
     size = max(1, len(events) // parts)
-    pieces = [list(events[i * size:(i + 1) * size]) for i in range(parts - 1)]
-    return [*pieces, list(events[(parts - 1) * size:])]
+    pieces = [list(events[i * size : (i + 1) * size]) for i in range(parts - 1)]
+    return [*pieces, list(events[(parts - 1) * size :])]
 
 
 def _failed_during(harness: Harness, when: str) -> list[str]:
     failure = _first_failure(harness)
     if failure is None:
         return []
-    return [f"the handler failed {when}: {failure}. A handler must accept an event "
-            f"delivered again"]
+    return [
+        f"the handler failed {when}: {failure}. A handler must accept an event "
+        f"delivered again"
+    ]
 
 
 def _close_quietly(harness: Harness) -> None:
@@ -529,8 +605,10 @@ def _close_quietly(harness: Harness) -> None:
 def _is_async(handler: object) -> bool:
     if inspect.iscoroutinefunction(handler):
         return True
-    return any(inspect.iscoroutinefunction(getattr(handler, hook, None))
-               for hook in ("setup", "handle", "handle_batch", "close"))
+    return any(
+        inspect.iscoroutinefunction(getattr(handler, hook, None))
+        for hook in ("setup", "handle", "handle_batch", "close")
+    )
 
 
 def _open_fds() -> set[tuple[int, str]]:
@@ -561,11 +639,13 @@ def _new_threads(before: set[threading.Thread]) -> Iterator[threading.Thread]:
 def _difference(expected: object, actual: object, limit: int = 3) -> str:
     if isinstance(expected, dict) and isinstance(actual, dict):
         keys = sorted({*expected, *actual}, key=repr)
-        changed = [k for k in keys if expected.get(k, _MISSING) != actual.get(k,
-                                                                               _MISSING)]
+        changed = [
+            k for k in keys if expected.get(k, _MISSING) != actual.get(k, _MISSING)
+        ]
         shown = "; ".join(
             f"{k!r}: expected {_short(expected.get(k, _MISSING))}, got "
-            f"{_short(actual.get(k, _MISSING))}" for k in changed[:limit]
+            f"{_short(actual.get(k, _MISSING))}"
+            for k in changed[:limit]
         )
         more = f"; and {len(changed) - limit} more" if len(changed) > limit else ""
         return shown + more

@@ -58,8 +58,13 @@ class EventFactory:
         offset = self._next_offsets[chosen]
         self._next_offsets[chosen] = offset + 1
         return Event(
-            topic=self.topic, partition=chosen, offset=offset, key=key,
-            value=value, headers=tuple(headers), timestamp_ms=timestamp_ms,
+            topic=self.topic,
+            partition=chosen,
+            offset=offset,
+            key=key,
+            value=value,
+            headers=tuple(headers),
+            timestamp_ms=timestamp_ms,
             run_id=run_id,
         )
 
@@ -116,9 +121,7 @@ class EventFactory:
                 if not raw.strip():
                     continue
                 record = _parsed(raw, path, number) if key is not None else {}
-                events.append(
-                    self.event(raw, key=_key_of(record, key), run_id=run_id)
-                )
+                events.append(self.event(raw, key=_key_of(record, key), run_id=run_id))
         return events
 
     def _partition_for(self, key: bytes | None) -> int:
@@ -172,8 +175,13 @@ def replayed(events: Iterable[Event], run_id: str = "replay-test") -> list[Event
     """Copies of ``events`` as a replay run with ``run_id`` delivers them."""
     return [
         Event(
-            topic=e.topic, partition=e.partition, offset=e.offset, key=e.key,
-            value=e.value, headers=e.headers, timestamp_ms=e.timestamp_ms,
+            topic=e.topic,
+            partition=e.partition,
+            offset=e.offset,
+            key=e.key,
+            value=e.value,
+            headers=e.headers,
+            timestamp_ms=e.timestamp_ms,
             run_id=run_id,
         )
         for e in events

@@ -138,8 +138,11 @@ class Harness:
         self._owner = Owner.for_this_process()
         self._tracker = OffsetTracker()
         self._timer = CommitTimer(
-            CommitConfig(every_events=commit_every_events,
-                         every_seconds=commit_every_seconds, mirror_to_kafka=False),
+            CommitConfig(
+                every_events=commit_every_events,
+                every_seconds=commit_every_seconds,
+                mirror_to_kafka=False,
+            ),
             self.clock,
         )
         self._epochs: dict[TopicPartition, int] = {}
@@ -185,7 +188,10 @@ class Harness:
     # -- events ------------------------------------------------------------------
 
     def events_from_dicts(
-        self, records: Iterable[Mapping[str, Any]], *, key: KeySpec = None,
+        self,
+        records: Iterable[Mapping[str, Any]],
+        *,
+        key: KeySpec = None,
         run_id: str | None = None,
     ) -> list[Event]:
         """Events of this harness's topic, each record's value as JSON.
@@ -195,8 +201,11 @@ class Harness:
         return self._events.from_dicts(records, key=key, run_id=run_id)
 
     def events_from_bytes(
-        self, values: Iterable[bytes | None], *,
-        keys: Iterable[bytes | None] | None = None, run_id: str | None = None,
+        self,
+        values: Iterable[bytes | None],
+        *,
+        keys: Iterable[bytes | None] | None = None,
+        run_id: str | None = None,
     ) -> list[Event]:
         """Events of this harness's topic with raw values (and keys)."""
         return self._events.from_bytes(values, keys=keys, run_id=run_id)
@@ -410,8 +419,11 @@ class Harness:
             self._positions[tp] = claim.offset
             self._paused.pop(tp, None)
             if claim.paused:
-                self._paused[tp] = (claim.paused_offset if claim.paused_offset
-                                    is not None else claim.offset)
+                self._paused[tp] = (
+                    claim.paused_offset
+                    if claim.paused_offset is not None
+                    else claim.offset
+                )
                 self._tracker.forget(tp)
             else:
                 self._tracker.start(tp, claim.offset)
@@ -421,9 +433,11 @@ class Harness:
         """Lift the pause of partitions (default all paused), as an operator
         does: they resume at their checkpoint, the failed event first."""
         self._require_live("unpause partitions")
-        wanted = list(self._paused) if partitions is None else [
-            self._tp(p) for p in partitions
-        ]
+        wanted = (
+            list(self._paused)
+            if partitions is None
+            else [self._tp(p) for p in partitions]
+        )
         for tp in wanted:
             if tp not in self._paused:
                 continue
@@ -441,9 +455,11 @@ class Harness:
         for them afterwards are ``not_assigned`` until :meth:`assign`.
         """
         self._require_live("revoke partitions")
-        wanted = list(self._epochs) if partitions is None else [
-            self._tp(p) for p in partitions
-        ]
+        wanted = (
+            list(self._epochs)
+            if partitions is None
+            else [self._tp(p) for p in partitions]
+        )
         parts = [tp for tp in wanted if tp in self._epochs]
         self._commit(parts)
         self._release(parts)
@@ -453,8 +469,11 @@ class Harness:
     def _release(self, parts: Iterable[TopicPartition]) -> None:
         # As the service does, only active partitions are released: a paused
         # one keeps its owner, and its pause, in the store.
-        epochs = {tp: self._epochs[tp] for tp in parts
-                  if tp in self._epochs and tp not in self._paused}
+        epochs = {
+            tp: self._epochs[tp]
+            for tp in parts
+            if tp in self._epochs and tp not in self._paused
+        }
         self.store.release(self.group, self._owner, epochs)
 
     def assigned(self) -> list[TopicPartition]:

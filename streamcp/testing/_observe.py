@@ -57,8 +57,10 @@ class DeadLetterSink(DeadLetters):
     def record_of(self, event: Event) -> DeadLetter | None:
         """The last record taken for the event at this position, if any."""
         for record in reversed(self.records):
-            if (record.event.topic_partition == event.topic_partition
-                    and record.event.offset == event.offset):
+            if (
+                record.event.topic_partition == event.topic_partition
+                and record.event.offset == event.offset
+            ):
                 return record
         return None
 
@@ -125,7 +127,7 @@ class Observed:
             cause = exc.__cause__ if isinstance(exc.__cause__, Exception) else exc
             self._note(events[:index])
             if index < len(events):
-                self._note(events[index:index + 1], failed=cause)
+                self._note(events[index : index + 1], failed=cause)
             raise
         except Exception as exc:
             # The dispatcher holds the first event of the batch for it.

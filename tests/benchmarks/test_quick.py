@@ -25,10 +25,26 @@ def test_quick_mode_runs_every_contender_over_every_event(
     """``python -m benchmarks.run --quick`` exits 0 and reports full counts."""
     results_path = tmp_path / "results.json"
     done = subprocess.run(
-        [sys.executable, "-m", "benchmarks.run", "--quick", "--no-plot",
-         "--bootstrap", kafka.bootstrap_servers, "--redis-url", redis_service.url,
-         "--out-dir", str(tmp_path), "--json", str(results_path)],
-        cwd=REPO, capture_output=True, text=True, timeout=540, check=False,
+        [
+            sys.executable,
+            "-m",
+            "benchmarks.run",
+            "--quick",
+            "--no-plot",
+            "--bootstrap",
+            kafka.bootstrap_servers,
+            "--redis-url",
+            redis_service.url,
+            "--out-dir",
+            str(tmp_path),
+            "--json",
+            str(results_path),
+        ],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=540,
+        check=False,
     )
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
 
@@ -39,8 +55,11 @@ def test_quick_mode_runs_every_contender_over_every_event(
     for run in results["runs"]:
         assert "error" not in run and "not_run" not in run, run
         scenario = run["scenario"]
-        wanted = (results["settings"]["memory_events"] if scenario == "memory-large"
-                  else results["settings"]["events"])
+        wanted = (
+            results["settings"]["memory_events"]
+            if scenario == "memory-large"
+            else results["settings"]["events"]
+        )
         assert run["events"] >= wanted, run
     assert "Targets" in done.stdout
 
@@ -51,8 +70,9 @@ def test_quick_mode_runs_no_peer() -> None:
     from benchmarks.scenarios import CONTENDERS, scenarios
 
     args = parse_args(["--quick"])
-    chosen = scenarios(args.events, args.memory_events, args.partition_counts,
-                       peers=not args.no_peers)
+    chosen = scenarios(
+        args.events, args.memory_events, args.partition_counts, peers=not args.no_peers
+    )
     assert all(not CONTENDERS[c].venv for s in chosen for c in s.contenders)
 
 
@@ -63,8 +83,12 @@ def test_docs_show_the_raw_loops_as_they_are() -> None:
     source = (REPO / "benchmarks" / "contenders" / "raw.py").read_text()
     docs = (REPO / "docs" / "benchmarks.md").read_text()
     tree = ast.parse(source)
-    loops = [node for node in tree.body if isinstance(node, ast.FunctionDef)
-             and node.name in ("plain", "decoding", "checkpointing")]
+    loops = [
+        node
+        for node in tree.body
+        if isinstance(node, ast.FunctionDef)
+        and node.name in ("plain", "decoding", "checkpointing")
+    ]
     assert len(loops) == 3
     for node in loops:
         code = ast.get_source_segment(source, node)

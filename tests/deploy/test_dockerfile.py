@@ -12,10 +12,20 @@ from dataclasses import dataclass, field
 from tests.deploy.manifests import ROOT, tool
 
 DOCKERFILE = ROOT / "Dockerfile"
-SECRET_WORDS = re.compile(r"pass(word)?|secret|token|credential|api_?key|private",
-                          re.IGNORECASE)
-BUILD_TOOLS = ("gcc", "g++", "build-essential", "make", "cc ", "pip install",
-               "apt-get install", "python3-dev", "librdkafka-dev")
+SECRET_WORDS = re.compile(
+    r"pass(word)?|secret|token|credential|api_?key|private", re.IGNORECASE
+)
+BUILD_TOOLS = (
+    "gcc",
+    "g++",
+    "build-essential",
+    "make",
+    "cc ",
+    "pip install",
+    "apt-get install",
+    "python3-dev",
+    "librdkafka-dev",
+)
 
 
 @dataclass
@@ -45,8 +55,9 @@ def instructions(text: str) -> list[tuple[str, str]]:
         logical.append(current + stripped)
         current = ""
     assert not current, "the Dockerfile ends inside a continued line"
-    return [(line.split(None, 1)[0].upper(), line.split(None, 1)[1])
-            for line in logical]
+    return [
+        (line.split(None, 1)[0].upper(), line.split(None, 1)[1]) for line in logical
+    ]
 
 
 def stages(text: str) -> tuple[dict[str, str], list[Stage]]:
@@ -119,7 +130,8 @@ def test_entrypoint_is_streamcp_running_the_mounted_config() -> None:
     "/etc/streamcp/config.toml"], in exec form."""
     assert [json.loads(e) for e in FINAL.all("ENTRYPOINT")] == [["streamcp"]]
     assert [json.loads(c) for c in FINAL.all("CMD")] == [
-        ["run", "--config", "/etc/streamcp/config.toml"]]
+        ["run", "--config", "/etc/streamcp/config.toml"]
+    ]
     assert "9400" in FINAL.all("EXPOSE")
 
 
@@ -132,7 +144,8 @@ def _ignored(path: str, patterns: list[str]) -> bool:
         pattern = line.lstrip("!").rstrip("/")
         for candidate in [path, *(path.rsplit("/", n)[0] for n in range(1, 4))]:
             if fnmatch.fnmatch(candidate, pattern) or fnmatch.fnmatch(
-                    candidate, pattern.replace("**/", "")):
+                candidate, pattern.replace("**/", "")
+            ):
                 ignored = not negate
                 break
     return ignored
@@ -141,14 +154,26 @@ def _ignored(path: str, patterns: list[str]) -> bool:
 def test_dockerignore_sends_only_the_package_and_its_metadata() -> None:
     """The build context holds what the Dockerfile copies and leaves out the
     virtualenv, the git directory, local state and environment files."""
-    patterns = [line.strip() for line in
-                (ROOT / ".dockerignore").read_text("utf-8").splitlines()
-                if line.strip() and not line.startswith("#")]
-    for copied in ("pyproject.toml", "README.md", "streamcp/cli.py",
-                   "streamcp/examples/data/wikimedia-recentchange.ndjson"):
+    patterns = [
+        line.strip()
+        for line in (ROOT / ".dockerignore").read_text("utf-8").splitlines()
+        if line.strip() and not line.startswith("#")
+    ]
+    for copied in (
+        "pyproject.toml",
+        "README.md",
+        "streamcp/cli.py",
+        "streamcp/examples/data/wikimedia-recentchange.ndjson",
+    ):
         assert not _ignored(copied, patterns), copied
-    for private in (".venv/bin/python", ".git/config", ".env", ".streamcp/demo",
-                    "tests/conftest.py", "streamcp/__pycache__/cli.cpython-311.pyc"):
+    for private in (
+        ".venv/bin/python",
+        ".git/config",
+        ".env",
+        ".streamcp/demo",
+        "tests/conftest.py",
+        "streamcp/__pycache__/cli.cpython-311.pyc",
+    ):
         assert _ignored(private, patterns), private
 
 
@@ -157,5 +182,9 @@ def test_hadolint_finds_nothing_to_report() -> None:
     default rules."""
     completed = subprocess.run(
         [tool("hadolint"), "--no-color", str(DOCKERFILE)],
-        capture_output=True, text=True, check=False, timeout=60)
+        capture_output=True,
+        text=True,
+        check=False,
+        timeout=60,
+    )
     assert completed.returncode == 0, completed.stdout + completed.stderr

@@ -28,14 +28,17 @@ def _overlay(name: str) -> list[dict[str, Any]]:
 
 
 def _all_rendered() -> list[tuple[str, dict[str, Any]]]:
-    return [(f"{overlay}:{doc['kind']}/{doc['metadata']['name']}", doc)
-            for overlay in ("../base", *OVERLAYS)
-            for doc in _overlay(overlay)]
+    return [
+        (f"{overlay}:{doc['kind']}/{doc['metadata']['name']}", doc)
+        for overlay in ("../base", *OVERLAYS)
+        for doc in _overlay(overlay)
+    ]
 
 
 def _container(docs: list[dict[str, Any]]) -> dict[str, Any]:
     (container,) = find(docs, "Deployment", "streamcp")["spec"]["template"]["spec"][
-        "containers"]
+        "containers"
+    ]
     return container
 
 
@@ -55,8 +58,9 @@ def _config(docs: list[dict[str, Any]], tmp_path: Path) -> Config:
     return load_config(path, environ=environ)
 
 
-@pytest.mark.parametrize(("where", "doc"), _all_rendered(),
-                         ids=[where for where, _ in _all_rendered()])
+@pytest.mark.parametrize(
+    ("where", "doc"), _all_rendered(), ids=[where for where, _ in _all_rendered()]
+)
 def test_rendered_manifest_is_valid_against_its_schema(
     where: str, doc: dict[str, Any]
 ) -> None:
@@ -66,13 +70,20 @@ def test_rendered_manifest_is_valid_against_its_schema(
     assert manifest_errors(doc) == [], where
 
 
-@pytest.mark.parametrize(("kind", "path", "field"), [
-    pytest.param("Deployment", ("spec", "template", "spec"),
-                 "terminationGracePeriodSecond", id="deployment"),
-    pytest.param("ScaledObject", ("spec",), "maxReplicas", id="scaledobject"),
-    pytest.param("ServiceMonitor", ("spec",), "endpoint", id="servicemonitor"),
-    pytest.param("PrometheusRule", ("spec",), "group", id="prometheusrule"),
-])
+@pytest.mark.parametrize(
+    ("kind", "path", "field"),
+    [
+        pytest.param(
+            "Deployment",
+            ("spec", "template", "spec"),
+            "terminationGracePeriodSecond",
+            id="deployment",
+        ),
+        pytest.param("ScaledObject", ("spec",), "maxReplicas", id="scaledobject"),
+        pytest.param("ServiceMonitor", ("spec",), "endpoint", id="servicemonitor"),
+        pytest.param("PrometheusRule", ("spec",), "group", id="prometheusrule"),
+    ],
+)
 def test_schema_rejects_a_misspelt_field(
     kind: str, path: tuple[str, ...], field: str
 ) -> None:
@@ -104,7 +115,8 @@ def test_group_instance_id_is_the_pod_name() -> None:
     pod's metadata.name through the downward API."""
     env = {v["name"]: v for v in _container(_overlay("replicas"))["env"]}
     assert env["STREAMCP_KAFKA__GROUP_INSTANCE_ID"]["valueFrom"] == {
-        "fieldRef": {"fieldPath": "metadata.name"}}
+        "fieldRef": {"fieldPath": "metadata.name"}
+    }
 
 
 def test_secrets_are_referenced_never_written() -> None:
@@ -115,8 +127,11 @@ def test_secrets_are_referenced_never_written() -> None:
         assert not [d for d in docs if d["kind"] == "Secret"]
         env = {v["name"]: v for v in _container(docs)["env"]}
         assert all("value" not in v for v in env.values())
-        for name in ("STREAMCP_REDIS__URL", "STREAMCP_HANDLER__OPTIONS__REDIS_URL",
-                     "STREAMCP_KAFKA__PROPERTIES__SASL.PASSWORD"):
+        for name in (
+            "STREAMCP_REDIS__URL",
+            "STREAMCP_HANDLER__OPTIONS__REDIS_URL",
+            "STREAMCP_KAFKA__PROPERTIES__SASL.PASSWORD",
+        ):
             assert "secretKeyRef" in env[name]["valueFrom"], name
         config_text = find(docs, "ConfigMap")["data"]["config.toml"]
         assert "url" not in tomllib.loads(config_text)["redis"]
@@ -138,10 +153,14 @@ def test_probes_ask_healthz_and_readyz_on_the_metrics_port(tmp_path: Path) -> No
     interface."""
     docs = _overlay("replicas")
     container = _container(docs)
-    assert container["livenessProbe"]["httpGet"] == {"path": "/healthz",
-                                                     "port": "metrics"}
-    assert container["readinessProbe"]["httpGet"] == {"path": "/readyz",
-                                                      "port": "metrics"}
+    assert container["livenessProbe"]["httpGet"] == {
+        "path": "/healthz",
+        "port": "metrics",
+    }
+    assert container["readinessProbe"]["httpGet"] == {
+        "path": "/readyz",
+        "port": "metrics",
+    }
     (port,) = [p for p in container["ports"] if p["name"] == "metrics"]
     host, number = split_address(_config(docs, tmp_path).metrics.address)
     assert (host, number) == ("0.0.0.0", port["containerPort"])
@@ -155,9 +174,11 @@ def test_container_runs_unprivileged_on_a_read_only_root() -> None:
     context = _container(docs)["securityContext"]
     assert pod["securityContext"]["runAsNonRoot"] is True
     assert pod["securityContext"]["runAsUser"] != 0
-    assert context == {"allowPrivilegeEscalation": False,
-                       "readOnlyRootFilesystem": True,
-                       "capabilities": {"drop": ["ALL"]}}
+    assert context == {
+        "allowPrivilegeEscalation": False,
+        "readOnlyRootFilesystem": True,
+        "capabilities": {"drop": ["ALL"]},
+    }
 
 
 def test_config_map_is_mounted_where_the_image_reads_it() -> None:
@@ -169,8 +190,7 @@ def test_config_map_is_mounted_where_the_image_reads_it() -> None:
     assert volume["configMap"]["name"] == find(docs, "ConfigMap")["metadata"]["name"]
     (mount,) = _container(docs)["volumeMounts"]
     assert (mount["name"], mount["mountPath"]) == (volume["name"], "/etc/streamcp")
-    assert _container(docs)["args"] == ["run", "--config",
-                                        "/etc/streamcp/config.toml"]
+    assert _container(docs)["args"] == ["run", "--config", "/etc/streamcp/config.toml"]
 
 
 def test_selectors_of_service_monitor_pdb_and_service_match_the_pods() -> None:
@@ -182,10 +202,13 @@ def test_selectors_of_service_monitor_pdb_and_service_match_the_pods() -> None:
     service = find(docs, "Service")
     assert service["spec"]["selector"].items() <= pod_labels.items()
     monitor = find(docs, "ServiceMonitor")["spec"]
-    assert monitor["selector"]["matchLabels"].items() <= \
-        service["metadata"]["labels"].items()
+    assert (
+        monitor["selector"]["matchLabels"].items()
+        <= service["metadata"]["labels"].items()
+    )
     assert [e["port"] for e in monitor["endpoints"]] == [
-        p["name"] for p in service["spec"]["ports"]]
+        p["name"] for p in service["spec"]["ports"]
+    ]
     pdb = find(docs, "PodDisruptionBudget")["spec"]
     assert pdb["selector"]["matchLabels"].items() <= pod_labels.items()
     assert pdb["maxUnavailable"] == 1
@@ -205,8 +228,9 @@ def test_scaled_object_scales_the_deployment_on_the_groups_lag(tmp_path: Path) -
     docs = _overlay("keda")
     config = _config(docs, tmp_path)
     scaled = find(docs, "ScaledObject")["spec"]
-    assert scaled["scaleTargetRef"]["name"] == find(docs, "Deployment")[
-        "metadata"]["name"]
+    assert (
+        scaled["scaleTargetRef"]["name"] == find(docs, "Deployment")["metadata"]["name"]
+    )
     assert 1 <= scaled["minReplicaCount"] < scaled["maxReplicaCount"] <= PARTITIONS
     (trigger,) = scaled["triggers"]
     assert trigger["type"] == "kafka"

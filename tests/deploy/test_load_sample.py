@@ -16,9 +16,13 @@ from streamcp.services import KafkaService
 
 
 def _consume_all(bootstrap: str, topic: str, ends: dict[int, int]) -> list[object]:
-    consumer = Consumer({"bootstrap.servers": bootstrap,
-                         "group.id": f"check-{uuid.uuid4().hex[:8]}",
-                         "enable.auto.commit": False})
+    consumer = Consumer(
+        {
+            "bootstrap.servers": bootstrap,
+            "group.id": f"check-{uuid.uuid4().hex[:8]}",
+            "enable.auto.commit": False,
+        }
+    )
     consumer.assign([TopicPartition(topic, p, 0) for p in ends])
     messages = []
     try:
@@ -68,11 +72,21 @@ def test_load_sample_creates_three_partitions_with_every_event_once(
     events, each keyed by its title, with the edit's own timestamp, and all
     of one title's edits in one partition; exit status 0."""
     topic = f"wiki-{uuid.uuid4().hex[:10]}"
-    result = CliRunner().invoke(main, ["load-sample", "--bootstrap-servers",
-                                       kafka.bootstrap_servers, "--topic", topic])
+    result = CliRunner().invoke(
+        main,
+        [
+            "load-sample",
+            "--bootstrap-servers",
+            kafka.bootstrap_servers,
+            "--topic",
+            topic,
+        ],
+    )
     assert result.exit_code == 0, result.output
-    assert f"loaded 100 events from {DATA_FILE.name} into created topic {topic}" \
+    assert (
+        f"loaded 100 events from {DATA_FILE.name} into created topic {topic}"
         in result.output
+    )
     ends = partition_ends(kafka.bootstrap_servers, topic, range(3))
     assert sum(ends.values()) == 100
     messages = _consume_all(kafka.bootstrap_servers, topic, ends)
@@ -81,10 +95,13 @@ def test_load_sample_creates_three_partitions_with_every_event_once(
         change = json.loads(message.value())
         assert message.key() == change["title"].encode()
         assert message.timestamp()[1] == change["timestamp"] * 1000
-        assert partition_of_title.setdefault(message.key(), message.partition()) \
+        assert (
+            partition_of_title.setdefault(message.key(), message.partition())
             == message.partition()
+        )
     assert sorted(json.loads(m.value())["id"] for m in messages) == sorted(
-        change["id"] for change in load_records())
+        change["id"] for change in load_records()
+    )
 
 
 def test_load_sample_into_a_topic_with_events_loads_nothing_unless_append(
@@ -93,20 +110,23 @@ def test_load_sample_into_a_topic_with_events_loads_nothing_unless_append(
     """A second run leaves a loaded topic alone (exit 0, says so); with
     --append it loads the 100 events again."""
     topic = f"wiki-{uuid.uuid4().hex[:10]}"
-    argv = ["load-sample", "--bootstrap-servers", kafka.bootstrap_servers,
-            "--topic", topic]
+    argv = [
+        "load-sample",
+        "--bootstrap-servers",
+        kafka.bootstrap_servers,
+        "--topic",
+        topic,
+    ]
     runner = CliRunner()
     assert runner.invoke(main, argv).exit_code == 0
     again = runner.invoke(main, argv)
     assert again.exit_code == 0, again.output
     assert "already holds 100 events: loaded nothing" in again.output
-    assert sum(partition_ends(kafka.bootstrap_servers, topic, range(3)).values()) \
-        == 100
+    assert sum(partition_ends(kafka.bootstrap_servers, topic, range(3)).values()) == 100
     appended = runner.invoke(main, [*argv, "--append"])
     assert appended.exit_code == 0, appended.output
     assert "into existing topic" in appended.output
-    assert sum(partition_ends(kafka.bootstrap_servers, topic, range(3)).values()) \
-        == 200
+    assert sum(partition_ends(kafka.bootstrap_servers, topic, range(3)).values()) == 200
 
 
 def test_load_sample_takes_the_broker_from_the_service_environment_variable(
@@ -116,8 +136,10 @@ def test_load_sample_takes_the_broker_from_the_service_environment_variable(
     STREAMCP_KAFKA__BOOTSTRAP_SERVERS, the variable the service reads."""
     topic = f"wiki-{uuid.uuid4().hex[:10]}"
     result = CliRunner().invoke(
-        main, ["load-sample", "--topic", topic, "--partitions", "2"],
-        env={"STREAMCP_KAFKA__BOOTSTRAP_SERVERS": kafka.bootstrap_servers})
+        main,
+        ["load-sample", "--topic", topic, "--partitions", "2"],
+        env={"STREAMCP_KAFKA__BOOTSTRAP_SERVERS": kafka.bootstrap_servers},
+    )
     assert result.exit_code == 0, result.output
     assert "(2 partitions)" in result.output
 
@@ -125,7 +147,8 @@ def test_load_sample_takes_the_broker_from_the_service_environment_variable(
 def test_load_sample_without_a_broker_exits_1_naming_the_address() -> None:
     """A broker that does not answer makes the command exit 1 with the
     address in the message (port 9 of loopback: nothing listens)."""
-    result = CliRunner().invoke(main, ["load-sample", "--bootstrap-servers",
-                                       "127.0.0.1:9", "--timeout", "2"])
+    result = CliRunner().invoke(
+        main, ["load-sample", "--bootstrap-servers", "127.0.0.1:9", "--timeout", "2"]
+    )
     assert result.exit_code == 1, result.output
     assert "127.0.0.1:9" in result.output

@@ -56,9 +56,10 @@ def test_promql_check_rejects_a_metric_the_service_does_not_export() -> None:
     """The check is not vacuous: a misspelt name, a label the metric lacks and
     an outcome that never occurs are each reported."""
     problems = promql_problems(
-        'sum by (topik) (rate(streamcp_event_total[5m])) + '
+        "sum by (topik) (rate(streamcp_event_total[5m])) + "
         'rate(streamcp_events_total{outcome="deadlettered"}[5m]) + '
-        'streamcp_lag_events{partitions="1"}')
+        'streamcp_lag_events{partitions="1"}'
+    )
     assert any("'streamcp_event_total' is not exported" in p for p in problems)
     assert any("'deadlettered'" in p for p in problems)
     assert any("no label 'partitions'" in p for p in problems)
@@ -75,13 +76,16 @@ def test_dashboard_topic_variable_reads_an_exported_label() -> None:
     assert label in exported_metrics()[metric]
 
 
-@pytest.mark.parametrize("needed", [
-    pytest.param("streamcp_lag_events", id="lag"),
-    pytest.param('outcome="handled"', id="throughput"),
-    pytest.param("streamcp_checkpoint_age_seconds", id="checkpoint-age"),
-    pytest.param("dead_lettered", id="failures"),
-    pytest.param("streamcp_rebalances_total", id="rebalances"),
-])
+@pytest.mark.parametrize(
+    "needed",
+    [
+        pytest.param("streamcp_lag_events", id="lag"),
+        pytest.param('outcome="handled"', id="throughput"),
+        pytest.param("streamcp_checkpoint_age_seconds", id="checkpoint-age"),
+        pytest.param("dead_lettered", id="failures"),
+        pytest.param("streamcp_rebalances_total", id="rebalances"),
+    ],
+)
 def test_dashboard_has_a_panel_for(needed: str) -> None:
     """The dashboard shows lag, throughput, checkpoint age, failures and
     rebalances."""
@@ -99,10 +103,15 @@ def test_dashboard_panels_use_the_datasource_variable() -> None:
     assert len(ids) == len(set(ids))
 
 
-@pytest.mark.parametrize("alert", [
-    "StreamcpLagGrowing", "StreamcpCheckpointStalled", "StreamcpDeadLetters",
-    "StreamcpPartitionsPaused",
-])
+@pytest.mark.parametrize(
+    "alert",
+    [
+        "StreamcpLagGrowing",
+        "StreamcpCheckpointStalled",
+        "StreamcpDeadLetters",
+        "StreamcpPartitionsPaused",
+    ],
+)
 def test_alert_rules_include(alert: str) -> None:
     """Lag growing, checkpoint not moving while lag is above zero, dead
     letters and paused partitions each have an alert with a severity."""
@@ -116,8 +125,9 @@ def test_checkpoint_stalled_alert_needs_lag_above_zero() -> None:
     events wait behind it."""
     (rule,) = [r for r in _alert_rules() if r["alert"] == "StreamcpCheckpointStalled"]
     assert "streamcp_checkpoint_age_seconds" in rule["expr"]
-    assert re.search(r"and\s+max by \(topic, partition\) \(streamcp_lag_events\) > 0",
-                     rule["expr"])
+    assert re.search(
+        r"and\s+max by \(topic, partition\) \(streamcp_lag_events\) > 0", rule["expr"]
+    )
 
 
 def test_prometheus_rule_carries_the_same_groups_as_the_rule_file() -> None:

@@ -106,7 +106,9 @@ def test_a_missing_length_counts_as_zero() -> None:
     assert stats["bytes_added_by_page"] == {"New": 120, "Gone": -50, "Bare": 0}
     assert stats["bot_edits"] == 1
     assert [parse_change(json.dumps(r).encode()).bytes_added for r in records] == [
-        120, -50, 0,
+        120,
+        -50,
+        0,
     ]
 
 
@@ -123,7 +125,7 @@ def test_handler_gives_the_same_statistics_as_compute_stats(
     by_partition = events_by_partition(RECORDS)
     for events in by_partition.values():
         for start in range(0, len(events), 7):
-            handler.handle_batch(events[start:start + 7])
+            handler.handle_batch(events[start : start + 7])
 
     assert read_stats(redis_client, key_prefix) == compute_stats(RECORDS)
     assert read_applied(redis_client, key_prefix) == {
@@ -141,12 +143,12 @@ def test_redelivered_and_overlapping_batches_change_nothing(
     events = by_partition[0]
     assert len(events) >= 20
     handler.handle_batch(events[:10])
-    handler.handle_batch(events[:10])          # the same batch again
-    handler.handle_batch(events[5:20])         # overlaps 5..9
+    handler.handle_batch(events[:10])  # the same batch again
+    handler.handle_batch(events[5:20])  # overlaps 5..9
     assert read_stats(redis_client, key_prefix) == compute_stats(
         json.loads(e.value or b"") for e in events[:20]
     )
-    for events in by_partition.values():      # everything again, then the rest
+    for events in by_partition.values():  # everything again, then the rest
         handler.handle_batch(events)
         handler.handle_batch(events)
 
@@ -160,10 +162,14 @@ def test_a_malformed_event_stops_the_batch_after_counting_those_before(
     offset; the events before it are counted, it and those after are not."""
     good = events_by_partition(RECORDS)[1][:5]
     bad = Event(topic="wiki", partition=1, offset=3, value=b"not json")
-    batch = [*good[:3], bad, *[
-        Event(topic="wiki", partition=1, offset=e.offset + 1, value=e.value)
-        for e in good[3:]
-    ]]
+    batch = [
+        *good[:3],
+        bad,
+        *[
+            Event(topic="wiki", partition=1, offset=e.offset + 1, value=e.value)
+            for e in good[3:]
+        ],
+    ]
 
     with pytest.raises(BatchFailed) as failed:
         handler.handle_batch(batch)
@@ -202,21 +208,37 @@ def test_service_consuming_the_sample_topic_gives_compute_stats(
     """End to end through the real broker: the sample loaded into a 3-partition
     topic and consumed by the service until caught up gives compute_stats."""
     topic = topic_factory(PARTITIONS)
-    produce_records(kafka.bootstrap_servers, topic, [
-        (r["title"].encode(), json.dumps(r).encode(), r["timestamp"] * 1000, None)
-        for r in RECORDS
-    ])
-    config = build_config({
-        "kafka": {"bootstrap_servers": kafka.bootstrap_servers, "topics": [topic],
-                  "group_id": f"g-{key_prefix}", "session_timeout_ms": 6000},
-        "redis": {"url": redis_service.url, "key_prefix": key_prefix},
-        "commit": {"every_events": 10, "every_seconds": 1},
-        "handler": {"name": "wikistats", "options": {
-            "redis_url": redis_service.url, "key_prefix": key_prefix}},
-    })
+    produce_records(
+        kafka.bootstrap_servers,
+        topic,
+        [
+            (r["title"].encode(), json.dumps(r).encode(), r["timestamp"] * 1000, None)
+            for r in RECORDS
+        ],
+    )
+    config = build_config(
+        {
+            "kafka": {
+                "bootstrap_servers": kafka.bootstrap_servers,
+                "topics": [topic],
+                "group_id": f"g-{key_prefix}",
+                "session_timeout_ms": 6000,
+            },
+            "redis": {"url": redis_service.url, "key_prefix": key_prefix},
+            "commit": {"every_events": 10, "every_seconds": 1},
+            "handler": {
+                "name": "wikistats",
+                "options": {"redis_url": redis_service.url, "key_prefix": key_prefix},
+            },
+        }
+    )
     store = RedisCheckpointStore.from_url(redis_service.url, key_prefix=key_prefix)
-    service = Service(config, store=store, router=HandlerRouter.from_config(config),
-                      stop_when_caught_up=True)
+    service = Service(
+        config,
+        store=store,
+        router=HandlerRouter.from_config(config),
+        stop_when_caught_up=True,
+    )
     try:
         assert service.run() == 0, service.failure
         checkpoints = store.read(config.kafka.group_id)
@@ -241,12 +263,15 @@ def test_missing_redis_url_is_refused_naming_the_field() -> None:
     assert "missing" in refused.value.message
 
 
-@pytest.mark.parametrize(("option", "value"), [
-    ("redis_url", 6379),
-    ("delay_ms", "fast"),
-    ("delay_ms", True),
-    ("key_prefix", ["a"]),
-])
+@pytest.mark.parametrize(
+    ("option", "value"),
+    [
+        ("redis_url", 6379),
+        ("delay_ms", "fast"),
+        ("delay_ms", True),
+        ("key_prefix", ["a"]),
+    ],
+)
 def test_an_option_of_the_wrong_type_is_refused_naming_the_field(
     option: str, value: object
 ) -> None:
@@ -298,10 +323,14 @@ def test_stats_stay_exact_when_the_service_is_killed_and_events_come_again(
     again from the stored checkpoints; the statistics still come out exactly
     compute_stats of the file."""
     topic = topic_factory(PARTITIONS)
-    produce_records(kafka.bootstrap_servers, topic, [
-        (r["title"].encode(), json.dumps(r).encode(), r["timestamp"] * 1000, None)
-        for r in RECORDS
-    ])
+    produce_records(
+        kafka.bootstrap_servers,
+        topic,
+        [
+            (r["title"].encode(), json.dumps(r).encode(), r["timestamp"] * 1000, None)
+            for r in RECORDS
+        ],
+    )
     group = f"g-{key_prefix}"
     config = tmp_path / "wikistats.toml"
     config.write_text(f"""
@@ -347,12 +376,17 @@ delay_ms = 20
         checkpoints = {tp: cp.offset or 0 for tp, cp in store.read(group).items()}
         applied = read_applied(redis_client, key_prefix)
         assert sum(applied.values()) > sum(checkpoints.values()) > 0, (
-            applied, checkpoints)
+            applied,
+            checkpoints,
+        )
 
-        second = subprocess.run([*command, "--set", "handler.options.delay_ms=0",
-                                 "--stop-when-caught-up"],
-                                capture_output=True, text=True, timeout=120,
-                                check=False)
+        second = subprocess.run(
+            [*command, "--set", "handler.options.delay_ms=0", "--stop-when-caught-up"],
+            capture_output=True,
+            text=True,
+            timeout=120,
+            check=False,
+        )
         assert second.returncode == 0, second.stderr[-3000:]
         final = {tp: cp.offset for tp, cp in store.read(group).items()}
     finally:

@@ -353,13 +353,30 @@ def test_set_on_an_idle_partition_is_adopted_without_new_events(setup: Setup) ->
     seen = Seen()
     config = setup.config(commit={"every_events": 1000, "every_seconds": 0.3})
     with ServiceThread(config, seen):
-        wait_for(lambda: checkpoints(setup.store, setup.group) == {0: 6, 1: 6, 2: 6},
-                 what="checkpoints at 6")
-        result = cli(setup, "checkpoints", "set", "--topic", setup.topic,
-                     "--partition", "1", "--offset", "2", "--yes")
+        wait_for(
+            lambda: checkpoints(setup.store, setup.group) == {0: 6, 1: 6, 2: 6},
+            what="checkpoints at 6",
+        )
+        result = cli(
+            setup,
+            "checkpoints",
+            "set",
+            "--topic",
+            setup.topic,
+            "--partition",
+            "1",
+            "--offset",
+            "2",
+            "--yes",
+        )
         assert result.exit_code == 0, result.output
-        wait_for(lambda: seen.of(1) == [*range(6), *range(2, 6)], timeout_s=15,
-                 what="partition 1 handled again from offset 2")
-        wait_for(lambda: checkpoints(setup.store, setup.group)[1] == 6,
-                 what="partition 1 committed again at its end")
+        wait_for(
+            lambda: seen.of(1) == [*range(6), *range(2, 6)],
+            timeout_s=15,
+            what="partition 1 handled again from offset 2",
+        )
+        wait_for(
+            lambda: checkpoints(setup.store, setup.group)[1] == 6,
+            what="partition 1 committed again at its end",
+        )
     assert seen.of(0) == list(range(6))

@@ -9,8 +9,9 @@ from pathlib import Path
 CHECKOUT = Path(__file__).resolve().parents[2]
 GUIDE = CHECKOUT / "docs" / "handler-guide.md"
 
-_FENCE = re.compile(r"^```(?P<lang>[\w-]*)\n(?P<body>.*?)^```\n",
-                    re.DOTALL | re.MULTILINE)
+_FENCE = re.compile(
+    r"^```(?P<lang>[\w-]*)\n(?P<body>.*?)^```\n", re.DOTALL | re.MULTILINE
+)
 _TEST_FILE = re.compile(r"^# (test_\w+\.py)\n")
 
 # What each example runs with before it: logs to stderr, so that only what
@@ -51,7 +52,7 @@ def blocks(path: Path = GUIDE) -> list[Block]:
     for match in _FENCE.finditer(text):
         lang, body = match.group("lang"), match.group("body")
         line = text.count("\n", 0, match.start()) + 1
-        between = text[previous_end:match.start()] if previous_end >= 0 else "x"
+        between = text[previous_end : match.start()] if previous_end >= 0 else "x"
         if lang == "output" and found and not between.strip():
             last = found.pop()
             found.append(Block(last.lang, last.body, last.line, body))

@@ -149,8 +149,9 @@ class LeavesThread(WordCount):
 
     def setup(self) -> None:
         self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._stop.wait, name="word-flusher",
-                                        daemon=True)
+        self._thread = threading.Thread(
+            target=self._stop.wait, name="word-flusher", daemon=True
+        )
         self._thread.start()
 
     def release(self) -> None:

@@ -37,7 +37,11 @@ def test_records_without_a_key_go_round_robin() -> None:
     events = events_from_bytes([b"a", b"b", b"c", b"d"], partitions=2)
 
     assert [(e.partition, e.offset, e.key) for e in events] == [
-        (0, 0, None), (1, 0, None), (0, 1, None), (1, 1, None)]
+        (0, 0, None),
+        (1, 0, None),
+        (0, 1, None),
+        (1, 1, None),
+    ]
 
 
 def test_one_factory_goes_on_numbering_where_it_stopped() -> None:
@@ -58,8 +62,10 @@ def test_ndjson_lines_become_events_with_the_lines_own_bytes(tmp_path: Path) -> 
 
     events = events_from_ndjson(path, key="title")
 
-    assert [e.value for e in events] == [b'{"title": "A",  "n": 1}',
-                                         b'{"title": "B", "n": 2}']
+    assert [e.value for e in events] == [
+        b'{"title": "A",  "n": 1}',
+        b'{"title": "B", "n": 2}',
+    ]
     assert [e.key for e in events] == [b"A", b"B"]
 
 
@@ -83,7 +89,12 @@ def test_replayed_copies_carry_the_run_id_and_nothing_else_changes() -> None:
     assert copy.is_replay
     assert not live[0].is_replay
     assert (copy.topic, copy.partition, copy.offset, copy.key, copy.value) == (
-        "events", 0, 0, b"k", b"a")
+        "events",
+        0,
+        0,
+        b"k",
+        b"a",
+    )
 
 
 def test_mismatched_keys_are_refused() -> None:

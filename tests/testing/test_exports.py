@@ -9,10 +9,24 @@ import sys
 import streamcp.testing
 
 PUBLIC = [
-    "CHECKS", "CheckName", "CheckResult", "ConformanceError", "ConformanceReport",
-    "DeadLetter", "EventFactory", "ExpectedError", "Harness", "ManualClock",
-    "Outcome", "OutcomeStatus", "ReplayMode", "check_conformance",
-    "events_from_bytes", "events_from_dicts", "events_from_ndjson", "replayed",
+    "CHECKS",
+    "CheckName",
+    "CheckResult",
+    "ConformanceError",
+    "ConformanceReport",
+    "DeadLetter",
+    "EventFactory",
+    "ExpectedError",
+    "Harness",
+    "ManualClock",
+    "Outcome",
+    "OutcomeStatus",
+    "ReplayMode",
+    "check_conformance",
+    "events_from_bytes",
+    "events_from_dicts",
+    "events_from_ndjson",
+    "replayed",
 ]
 
 
@@ -33,8 +47,13 @@ def test_loading_the_pytest_plugin_imports_nothing_of_the_kit() -> None:
         " 'streamcp.services', 'streamcp.service']\n"
         "print([m for m in mods if m in sys.modules])\n"
     )
-    done = subprocess.run([sys.executable, "-c", code], capture_output=True,
-                          text=True, check=True, timeout=60)
+    done = subprocess.run(
+        [sys.executable, "-c", code],
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=60,
+    )
     assert done.stdout.strip() == "[]"
 
 

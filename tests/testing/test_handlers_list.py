@@ -21,26 +21,30 @@ def handle(event: Event) -> None:
 class KeywordOptions:
     """A class handler taking its options as constructor keywords."""
 
-    def __init__(self, url: str, retries: int = 3, *, tags: list[str] | None = None
-                 ) -> None:
+    def __init__(
+        self, url: str, retries: int = 3, *, tags: list[str] | None = None
+    ) -> None:
         self.url = url
 
     def handle(self, event: Event) -> None:
         pass
 
 
-def with_extra_entry_points(
-    monkeypatch: pytest.MonkeyPatch, **targets: str
-) -> None:
+def with_extra_entry_points(monkeypatch: pytest.MonkeyPatch, **targets: str) -> None:
     """Add entry points (name=module:attribute) to the handlers group."""
     real: Callable[..., Any] = metadata.entry_points
-    extra = [metadata.EntryPoint(name, value, streamcp.handlers.ENTRY_POINT_GROUP)
-             for name, value in targets.items()]
+    extra = [
+        metadata.EntryPoint(name, value, streamcp.handlers.ENTRY_POINT_GROUP)
+        for name, value in targets.items()
+    ]
 
     def entry_points(**selection: Any) -> list[metadata.EntryPoint]:
         found = list(real(**selection))
-        return found + [ep for ep in extra if all(
-            getattr(ep, key) == value for key, value in selection.items())]
+        return found + [
+            ep
+            for ep in extra
+            if all(getattr(ep, key) == value for key, value in selection.items())
+        ]
 
     monkeypatch.setattr(streamcp.handlers, "entry_points", entry_points)
 
@@ -53,8 +57,12 @@ def test_handlers_list_shows_source_with_version_and_every_kind_of_options(
     constructor's keyword parameters, or 'no options' for a function; a
     handler that cannot load says why and hides no other."""
     here = __name__
-    with_extra_entry_points(monkeypatch, fn=f"{here}:handle",
-                            kw=f"{here}:KeywordOptions", broken=f"{here}:Missing")
+    with_extra_entry_points(
+        monkeypatch,
+        fn=f"{here}:handle",
+        kw=f"{here}:KeywordOptions",
+        broken=f"{here}:Missing",
+    )
 
     result = CliRunner().invoke(main, ["handlers", "list"])
 

@@ -74,8 +74,9 @@ def test_the_time_policy_commits_on_an_idle_poll_once_the_clock_passed_it() -> N
     """Nothing is committed before commit_every_seconds passed on the manual
     clock; an idle poll after that commits."""
     clock = ManualClock()
-    harness = Harness(Recorder(), commit_every_events=1000, commit_every_seconds=5,
-                      clock=clock)
+    harness = Harness(
+        Recorder(), commit_every_events=1000, commit_every_seconds=5, clock=clock
+    )
     harness.feed(harness.events_from_bytes([b"a", b"b"]))
 
     clock.advance(4.9)
@@ -115,7 +116,10 @@ def test_a_failing_event_is_retried_then_pauses_only_its_partition() -> None:
     outcomes = harness.feed([*first, *bad])
 
     assert [(o.status, o.attempts) for o in outcomes] == [
-        ("succeeded", 1), ("succeeded", 1), ("failed", 3), ("succeeded", 1),
+        ("succeeded", 1),
+        ("succeeded", 1),
+        ("failed", 3),
+        ("succeeded", 1),
         ("not_run", 0),
     ]
     failed = outcomes[2]
@@ -157,13 +161,16 @@ def test_a_non_retryable_error_is_tried_once() -> None:
 def test_the_skip_policy_passes_over_the_failed_event_and_commits_past_it() -> None:
     """on_failure='skip': the failed event is skipped after its attempts, the
     next one succeeds, and the checkpoint moves past both."""
-    harness = Harness(Recorder(fail=[b"bad"]), policy={"on_failure": "skip",
-                                                         "retry_attempts": 2})
+    harness = Harness(
+        Recorder(fail=[b"bad"]), policy={"on_failure": "skip", "retry_attempts": 2}
+    )
     outcomes = harness.feed(harness.events_from_bytes([b"bad", b"ok"]))
     harness.commit()
 
-    assert [(o.status, o.attempts) for o in outcomes] == [("skipped", 2),
-                                                           ("succeeded", 1)]
+    assert [(o.status, o.attempts) for o in outcomes] == [
+        ("skipped", 2),
+        ("succeeded", 1),
+    ]
     assert isinstance(outcomes[0].error, ValueError)
     assert harness.checkpoints() == {T0: 2}
 
@@ -186,14 +193,19 @@ def test_the_stop_policy_stops_the_consumer_after_the_poll_of_the_failure() -> N
     """on_failure='stop': the failure is a HandlerFailed naming the event; the
     rest of that poll runs (the service's workers had it), what succeeded is
     committed, and nothing of later polls runs."""
-    harness = Harness(Recorder(fail=[b"bad"]), policy={"on_failure": "stop"},
-                      partitions=2)
+    harness = Harness(
+        Recorder(fail=[b"bad"]), policy={"on_failure": "stop"}, partitions=2
+    )
     # Round-robin: p0 offset 0, p1 offset 0, p0 offset 1, p1 offset 1.
     outcomes = harness.feed(harness.events_from_bytes([b"ok", b"ok", b"bad", b"ok"]))
     later = harness.feed(harness.events_from_bytes([b"ok", b"ok"]))
 
-    assert [o.status for o in outcomes] == ["succeeded", "succeeded", "failed",
-                                            "succeeded"]
+    assert [o.status for o in outcomes] == [
+        "succeeded",
+        "succeeded",
+        "failed",
+        "succeeded",
+    ]
     assert [o.status for o in later] == ["not_run", "not_run"]
     assert isinstance(harness.failure, HandlerFailed)
     assert (harness.failure.topic_partition, harness.failure.offset) == (T0, 1)
@@ -221,8 +233,12 @@ def test_batch_failed_counts_the_events_before_its_offset_as_succeeded() -> None
     harness = Harness(batches)
     outcomes = harness.feed(harness.events_from_bytes([b"a", b"b", b"bad", b"c"]))
 
-    assert [o.status for o in outcomes] == ["succeeded", "succeeded", "failed",
-                                            "not_run"]
+    assert [o.status for o in outcomes] == [
+        "succeeded",
+        "succeeded",
+        "failed",
+        "not_run",
+    ]
     assert isinstance(outcomes[2].error, KeyError)
     assert batches.batches == [[0, 1, 2, 3]]
     assert harness.checkpoints() == {T0: 2}
@@ -298,8 +314,10 @@ def test_a_paused_partition_stays_paused_for_the_next_consumer_until_unpaused() 
     restarted.unpause()
     outcomes = restarted.redeliver(log)
 
-    assert [(o.offset, o.status) for o in outcomes] == [(1, "succeeded"),
-                                                        (2, "succeeded")]
+    assert [(o.offset, o.status) for o in outcomes] == [
+        (1, "succeeded"),
+        (2, "succeeded"),
+    ]
 
 
 def test_an_offset_that_goes_back_is_refused() -> None:
@@ -316,8 +334,9 @@ def test_an_offset_that_goes_back_is_refused() -> None:
 def test_a_handler_given_by_name_gets_its_options_checked_as_the_service_does() -> None:
     """An entry point name is resolved and its options checked, before any
     connection: a missing required option is a ConfigError naming it."""
-    harness = Harness("wikistats", options={"redis_url": "redis://127.0.0.1:1"},
-                      setup=False)
+    harness = Harness(
+        "wikistats", options={"redis_url": "redis://127.0.0.1:1"}, setup=False
+    )
     assert type(harness.instance).__name__ == "WikiStats"
     assert harness.instance.options.key_prefix == "wikistats"
 

@@ -78,8 +78,9 @@ def test_the_conformance_marker_passes_a_correct_handler_and_fails_a_wrong_one(
     result = pytester.runpytest("-p", "no:cacheprovider")
 
     result.assert_outcomes(passed=1, failed=1)
-    result.stdout.fnmatch_lines(["*ConformanceError*at_least_once*",
-                                 "*Make the handler idempotent*"])
+    result.stdout.fnmatch_lines(
+        ["*ConformanceError*at_least_once*", "*Make the handler idempotent*"]
+    )
     result.stdout.no_fnmatch_line("*the body ran*")
 
 

@@ -34,7 +34,8 @@ def test_new_handler_writes_an_installable_package_with_an_entry_point(
     assert "order_totals.handler:OrderTotals" in output
     project = tomllib.loads((target / "pyproject.toml").read_text())
     assert project["project"]["entry-points"]["streamcp.handlers"] == {
-        "order-totals": "order_totals.handler:OrderTotals"}
+        "order-totals": "order_totals.handler:OrderTotals"
+    }
     assert project["project"]["dependencies"] == ["streamcp>=0.1.0"]
     handler = (target / "src/order_totals/handler.py").read_text()
     assert "class Options:" in handler
@@ -54,12 +55,15 @@ def test_new_handler_writes_into_a_directory_named_after_it_by_default(
     assert (tmp_path / "clicks/src/clicks/handler.py").exists()
 
 
-@pytest.mark.parametrize("name", [
-    pytest.param("Order Totals", id="space-and-capitals"),
-    pytest.param("9lives", id="starts-with-a-digit"),
-    pytest.param("class", id="python-keyword"),
-    pytest.param("a--b", id="empty-word"),
-])
+@pytest.mark.parametrize(
+    "name",
+    [
+        pytest.param("Order Totals", id="space-and-capitals"),
+        pytest.param("9lives", id="starts-with-a-digit"),
+        pytest.param("class", id="python-keyword"),
+        pytest.param("a--b", id="empty-word"),
+    ],
+)
 def test_new_handler_refuses_a_bad_name_with_status_2(
     name: str, tmp_path: Path
 ) -> None:
@@ -86,10 +90,20 @@ def test_new_handler_never_overwrites_a_directory_with_files(tmp_path: Path) -> 
 def _run(
     argv: list[str], cwd: Path, timeout_s: float
 ) -> subprocess.CompletedProcess[str]:
-    env = {k: v for k, v in os.environ.items()
-           if k not in ("PYTHONPATH", "VIRTUAL_ENV", "PYTHONHOME")}
-    return subprocess.run(argv, cwd=cwd, env=env, capture_output=True, text=True,
-                          timeout=timeout_s, check=False)
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if k not in ("PYTHONPATH", "VIRTUAL_ENV", "PYTHONHOME")
+    }
+    return subprocess.run(
+        argv,
+        cwd=cwd,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=timeout_s,
+        check=False,
+    )
 
 
 @pytest.mark.timeout(1200)
@@ -115,15 +129,21 @@ def test_a_generated_package_in_a_fresh_venv_is_listed_and_passes_its_tests(
         assert done.returncode == 0, f"{argv}:\n{done.stdout}\n{done.stderr}"
 
     listed = _run([str(bin_dir / "streamcp"), "handlers", "list"], tmp_path, 120)
-    tests = _run([str(bin_dir / "python"), "-m", "pytest", "-q", "-p",
-                  "no:cacheprovider"], target, 300)
+    tests = _run(
+        [str(bin_dir / "python"), "-m", "pytest", "-q", "-p", "no:cacheprovider"],
+        target,
+        300,
+    )
 
     assert listed.returncode == 0, listed.stderr
     lines = listed.stdout.splitlines()
     start = lines.index(
         "order-totals  (entry point of order-totals 0.1.0 "
-        "(order_totals.handler:OrderTotals))")
-    assert lines[start + 1:start + 3] == ["    option database: str = required",
-                                          "    option field: str = 'type'"]
+        "(order_totals.handler:OrderTotals))"
+    )
+    assert lines[start + 1 : start + 3] == [
+        "    option database: str = required",
+        "    option field: str = 'type'",
+    ]
     assert tests.returncode == 0, tests.stdout + tests.stderr
     assert "4 passed" in tests.stdout

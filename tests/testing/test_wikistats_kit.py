@@ -36,15 +36,20 @@ PARTITIONS = 3
 
 def sample_events(topic: str = "wiki") -> list[Event]:
     """The data file as a 3-partition topic keyed by page title."""
-    return events_from_ndjson(DATA_FILE, topic=topic, partitions=PARTITIONS,
-                              key="title")
+    return events_from_ndjson(
+        DATA_FILE, topic=topic, partitions=PARTITIONS, key="title"
+    )
 
 
 def run_with_kit(redis_url: str, key_prefix: str, events: list[Event]) -> Harness:
-    harness = Harness("wikistats", options={"redis_url": redis_url,
-                                            "key_prefix": key_prefix},
-                      topic=events[0].topic, partitions=PARTITIONS, batch_size=7,
-                      commit_every_events=10)
+    harness = Harness(
+        "wikistats",
+        options={"redis_url": redis_url, "key_prefix": key_prefix},
+        topic=events[0].topic,
+        partitions=PARTITIONS,
+        batch_size=7,
+        commit_every_events=10,
+    )
     harness.feed(events)
     harness.close()
     return harness
@@ -77,26 +82,44 @@ def test_the_kit_and_the_real_service_agree_on_statistics_and_checkpoints(
     statistics of compute_stats and the same checkpoint per partition."""
     topic = topic_factory(PARTITIONS)
     events = sample_events(topic)
-    produce_records(kafka.bootstrap_servers, topic, [
-        (e.key, e.value, None, e.partition) for e in events
-    ])
+    produce_records(
+        kafka.bootstrap_servers,
+        topic,
+        [(e.key, e.value, None, e.partition) for e in events],
+    )
     service_prefix, kit_prefix = (f"t-{uuid.uuid4().hex[:8]}" for _ in range(2))
-    config = build_config({
-        "kafka": {"bootstrap_servers": kafka.bootstrap_servers, "topics": [topic],
-                  "group_id": f"g-{service_prefix}", "session_timeout_ms": 6000},
-        "redis": {"url": redis_service.url, "key_prefix": service_prefix},
-        "commit": {"every_events": 10, "every_seconds": 1},
-        "metrics": {"enabled": False},
-        "handler": {"name": "wikistats", "options": {
-            "redis_url": redis_service.url, "key_prefix": service_prefix}},
-    })
+    config = build_config(
+        {
+            "kafka": {
+                "bootstrap_servers": kafka.bootstrap_servers,
+                "topics": [topic],
+                "group_id": f"g-{service_prefix}",
+                "session_timeout_ms": 6000,
+            },
+            "redis": {"url": redis_service.url, "key_prefix": service_prefix},
+            "commit": {"every_events": 10, "every_seconds": 1},
+            "metrics": {"enabled": False},
+            "handler": {
+                "name": "wikistats",
+                "options": {
+                    "redis_url": redis_service.url,
+                    "key_prefix": service_prefix,
+                },
+            },
+        }
+    )
     store = RedisCheckpointStore.from_url(redis_service.url, key_prefix=service_prefix)
-    service = Service(config, store=store, router=HandlerRouter.from_config(config),
-                      stop_when_caught_up=True)
+    service = Service(
+        config,
+        store=store,
+        router=HandlerRouter.from_config(config),
+        stop_when_caught_up=True,
+    )
     try:
         assert service.run() == 0, service.failure
         service_checkpoints = {
-            tp: cp.offset for tp, cp in store.read(config.kafka.group_id).items()}
+            tp: cp.offset for tp, cp in store.read(config.kafka.group_id).items()
+        }
     finally:
         store.close()
 
@@ -119,14 +142,18 @@ def test_wikistats_passes_the_conformance_checks(
         return f"t-{uuid.uuid4().hex[:8]}"
 
     def make(prefix: str) -> WikiStats:
-        return WikiStats(WikiStats.Options(redis_url=redis_service.url,
-                                           key_prefix=prefix))
+        return WikiStats(
+            WikiStats.Options(redis_url=redis_service.url, key_prefix=prefix)
+        )
 
     bad = events_from_bytes([b"{not json"], topic="wiki")[0]
     report = check_conformance(
-        make, sample_events(), state=fresh_prefix,
+        make,
+        sample_events(),
+        state=fresh_prefix,
         snapshot=lambda prefix: read_stats(redis_client, prefix),
-        replay="overwrite", errors=[ExpectedError(bad, raises=ValueError)],
+        replay="overwrite",
+        errors=[ExpectedError(bad, raises=ValueError)],
         batch_size=7,
     )
 
