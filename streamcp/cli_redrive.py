@@ -8,34 +8,37 @@ was refused before anything ran, 3 when it was cancelled.
 
 from __future__ import annotations
 
-import signal
 import sys
 from pathlib import Path
-from typing import Any, NoReturn
+from typing import NoReturn
 
 import click
 import confluent_kafka
 
 from streamcp.cli import _config_options
-from streamcp.cli_common import EXIT_FAILURE, format_table
+from streamcp.cli_common import (
+    EXIT_FAILURE,
+    format_table,
+    open_checkpoint_store,
+    stop_on_signals,
+)
 from streamcp.cli_replay import (
     EXIT_CANCELLED,
     _ConfigArgs,
-    _existing,
+    _Kind,
     _load_config,
-    _print_plan,
+    _Plan,
     _refuse,
     _resolve,
-    _run_store,
-    _unavailable,
+    _start,
+    progress_of,
+    resume_run,
 )
 from streamcp.config import Config
 from streamcp.deadletter import dead_letter_producer
-from streamcp.errors import ConfigError, ReplayError, RequestRefused, StoreUnavailable
+from streamcp.errors import ConfigError, ReplayError, RequestRefused
 from streamcp.handlers import Handler
-from streamcp.progress import Progress
 from streamcp.ranges import BrokerView, RangeRequest, parse_time
-from streamcp.redis_store import RedisCheckpointStore
 from streamcp.redrive import Redrive, redrive_handler
 from streamcp.redrive_ledger import RedriveLedger, RedriveSummary
 from streamcp.replay import replay_consumer_settings
@@ -183,8 +186,7 @@ def redrive(
     except ConfigError as exc:
         _refuse(exc)
     if resume_id is not None:
-        _resume(config, resume_id, idle_timeout_s, progress)
-        return
+        resume_run(config, resume_id, _REDRIVE, idle_timeout_s, progress)
     try:
         request = RangeRequest(
             topic=topic or "",
@@ -207,31 +209,12 @@ def redrive(
     ranges = _resolve(config, request)
     if dead_letter_to:
         _check_topic(config, dead_letter_to)
-    run_id = "(dry run)" if dry_run else new_run_id()
-    _print_plan(run_id, request.topic, name, ranges, {})
-    if dry_run:
-        click.echo("dry run: nothing redriven, no run recorded")
-        return
-    runs = _run_store(config)
-    owner = Owner.for_this_process()
-    try:
-        record = runs.create(
-            run_id,
-            topic=request.topic,
-            handler=name,
-            ranges=ranges,
-            requested={**request.describe(), "dead_letter_to": dead_letter_to},
-            owner=owner,
-            kind="redrive",
-        )
-    except StoreUnavailable as exc:
-        _unavailable(config, exc)
-    _execute(
-        config=config,
-        record=record,
-        runs=runs,
-        handler=handler,
-        owner=owner,
+    requested = {**request.describe(), "dead_letter_to": dead_letter_to}
+    _start(
+        config,
+        _Plan(request.topic, name, handler, ranges, requested),
+        _REDRIVE,
+        dry_run=dry_run,
         idle_timeout_s=idle_timeout_s,
         progress=progress,
     )
@@ -250,39 +233,6 @@ def _check_topic(config: Config, topic: str) -> None:
         sys.exit(EXIT_FAILURE)
     finally:
         consumer.close()
-
-
-def _resume(
-    config: Config, run_id: str, idle_timeout_s: float, progress: bool | None
-) -> None:
-    record = _existing(config, run_id, "--resume")
-    try:
-        _check_resumable(record)
-        handler, _ = redrive_handler(config, record.topic, record.handler)
-    except ConfigError as exc:
-        _refuse(exc)
-    click.echo(
-        f"resuming run {record.id} ({record.status}, "
-        f"{record.events_handled} records handled so far)"
-    )
-    _print_plan(
-        record.id, record.topic, record.handler, list(record.ranges), record.progress
-    )
-    runs = _run_store(config)
-    owner = Owner.for_this_process()
-    try:
-        record = runs.resume(record.id, owner)
-    except StoreUnavailable as exc:
-        _unavailable(config, exc)
-    _execute(
-        config=config,
-        record=record,
-        runs=runs,
-        handler=handler,
-        owner=owner,
-        idle_timeout_s=idle_timeout_s,
-        progress=progress,
-    )
 
 
 def _check_resumable(record: RunRecord) -> None:
@@ -316,21 +266,9 @@ def _execute(
     idle_timeout_s: float,
     progress: bool | None,
 ) -> NoReturn:
-    redis_options: dict[str, Any] = {
-        "key_prefix": config.redis.key_prefix,
-        "socket_timeout_s": config.redis.socket_timeout_s,
-    }
-    store = RedisCheckpointStore.from_url(
-        config.redis.url,
-        history_max_entries=config.redis.history_max_entries,
-        **redis_options,
-    )
-    ledger = RedriveLedger.from_url(config.redis.url, record, **redis_options)
+    store = open_checkpoint_store(config)
+    ledger = _ledger(config, record)
     dead_letter_to = str(record.requested.get("dead_letter_to") or "")
-    shown = None
-    if progress is not False:
-        total = sum(r.offsets for r in record.ranges)
-        shown = Progress(record.id, total, sys.stderr, done=record.events_handled)
     job = Redrive(
         record,
         config,
@@ -341,11 +279,10 @@ def _execute(
         dead_letter_to=dead_letter_to,
         dead_letters=dead_letter_producer(config) if dead_letter_to else None,
         owner=owner,
-        progress=shown,
+        progress=progress_of(record, progress),
         idle_timeout_s=idle_timeout_s,
     )
-    for signum in (signal.SIGTERM, signal.SIGINT):
-        signal.signal(signum, lambda *_: job.request_stop())
+    stop_on_signals(job.request_stop)
     outcome = job.run()
     store.close()
     ledger.close()
@@ -370,14 +307,18 @@ def _execute(
     sys.exit(0 if summary.total == summary.redriven else EXIT_STILL_FAILING)
 
 
-def summary_of(config: Config, record: RunRecord) -> RedriveSummary:
-    """What a redrive run's records came to so far; raises StoreUnavailable."""
-    ledger = RedriveLedger.from_url(
+def _ledger(config: Config, record: RunRecord) -> RedriveLedger:
+    return RedriveLedger.from_url(
         config.redis.url,
         record,
         key_prefix=config.redis.key_prefix,
         socket_timeout_s=config.redis.socket_timeout_s,
     )
+
+
+def summary_of(config: Config, record: RunRecord) -> RedriveSummary:
+    """What a redrive run's records came to so far; raises StoreUnavailable."""
+    ledger = _ledger(config, record)
     try:
         return ledger.summary(record)
     finally:
@@ -416,3 +357,13 @@ def print_summary(summary: RedriveSummary) -> None:
             for e in summary.refused
         ]
         click.echo(format_table(rows, ["partition", "offset", "reason"]))
+
+
+_REDRIVE = _Kind(
+    kind="redrive",
+    handler_for=redrive_handler,
+    check_resumable=_check_resumable,
+    execute=_execute,
+    items="records",
+    dry_run_did_not="redriven",
+)

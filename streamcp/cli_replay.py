@@ -9,10 +9,9 @@ committed to the run's own checkpoints in every case where Redis answered.
 from __future__ import annotations
 
 import json
-import signal
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, NoReturn
@@ -25,8 +24,16 @@ from streamcp.cli import (
     _load_for_store,
     freeze_startup_objects,
 )
-from streamcp.cli_common import EXIT_CONFIG, EXIT_FAILURE, format_table
-from streamcp.config import Config, redact_url
+from streamcp.cli_common import (
+    EXIT_CONFIG,
+    EXIT_FAILURE,
+    answering,
+    format_table,
+    open_checkpoint_store,
+    redis_unavailable,
+    stop_on_signals,
+)
+from streamcp.config import Config
 from streamcp.errors import (
     ConfigError,
     ReplayError,
@@ -37,10 +44,9 @@ from streamcp.handlers import Handler, load
 from streamcp.logs import configure_logging
 from streamcp.progress import Progress
 from streamcp.ranges import PartitionRange, RangeRequest, parse_time
-from streamcp.redis_store import RedisCheckpointStore
 from streamcp.redrive_ledger import RedriveSummary
 from streamcp.replay import Replay, resolve_ranges
-from streamcp.runs import RunRecord, RunStore, new_run_id
+from streamcp.runs import RunKind, RunRecord, RunStore, new_run_id
 from streamcp.store import Owner
 
 EXIT_CANCELLED = 3
@@ -53,14 +59,6 @@ CANCEL_WAIT_S = 10.0
 def _refuse(exc: ConfigError) -> NoReturn:
     click.echo(f"streamcp: refused: {exc}", err=True)
     sys.exit(EXIT_CONFIG)
-
-
-def _unavailable(config: Config, exc: Exception) -> NoReturn:
-    click.echo(
-        f"streamcp: redis at {redact_url(config.redis.url)} did not answer: {exc}",
-        err=True,
-    )
-    sys.exit(EXIT_FAILURE)
 
 
 @dataclass(frozen=True)
@@ -288,8 +286,7 @@ def replay(
         _refuse(exc)
     configure_logging(config.log.level, config.log.format)
     if resume_id is not None:
-        _resume(config, resume_id, idle_timeout_s, progress)
-        return
+        resume_run(config, resume_id, _REPLAY, idle_timeout_s, progress)
     if rerun_id is not None:
         _rerun(
             config=config,
@@ -318,9 +315,10 @@ def replay(
     _start(
         config,
         _Plan(request.topic, name, handler, ranges, request.describe()),
-        dry_run,
-        idle_timeout_s,
-        progress,
+        _REPLAY,
+        dry_run=dry_run,
+        idle_timeout_s=idle_timeout_s,
+        progress=progress,
     )
 
 
@@ -373,22 +371,41 @@ class _Plan:
     rerun_of: str = ""
 
 
+HandlerFor = Callable[[Config, str, str | None], tuple[Handler, str]]
+
+
+@dataclass(frozen=True)
+class _Kind:
+    """What differs between the kinds of run the command line starts."""
+
+    kind: RunKind
+    handler_for: HandlerFor
+    check_resumable: Callable[[RunRecord], None]
+    execute: Callable[..., NoReturn]
+    # What the run goes through ("events", "records") and what a dry run
+    # did not do ("handled", "redriven").
+    items: str
+    dry_run_did_not: str
+
+
 def _start(
     config: Config,
     plan: _Plan,
+    kind: _Kind,
+    *,
     dry_run: bool,
     idle_timeout_s: float,
     progress: bool | None,
 ) -> None:
+    """Print the plan, then (unless a dry run) record the run and execute it."""
     run_id = "(dry run)" if dry_run else new_run_id()
     _print_plan(run_id, plan.topic, plan.handler_name, plan.ranges, {})
     if dry_run:
-        click.echo("dry run: nothing handled, no run recorded")
+        click.echo(f"dry run: nothing {kind.dry_run_did_not}, no run recorded")
         return
-    runs = _run_store(config)
-    owner = Owner.for_this_process()
-    try:
-        record = runs.create(
+
+    def create(runs: RunStore, owner: Owner) -> RunRecord:
+        return runs.create(
             run_id,
             topic=plan.topic,
             handler=plan.handler_name,
@@ -396,14 +413,32 @@ def _start(
             requested=plan.requested,
             owner=owner,
             rerun_of=plan.rerun_of,
+            kind=kind.kind,
         )
+
+    _launch(config, create, kind, plan.handler, idle_timeout_s, progress)
+
+
+def _launch(
+    config: Config,
+    open_record: Callable[[RunStore, Owner], RunRecord],
+    kind: _Kind,
+    handler: Handler,
+    idle_timeout_s: float,
+    progress: bool | None,
+) -> NoReturn:
+    """Create or resume the run as this process (``open_record``); execute it."""
+    runs = _run_store(config)
+    owner = Owner.for_this_process()
+    try:
+        record = open_record(runs, owner)
     except StoreUnavailable as exc:
-        _unavailable(config, exc)
-    _execute(
+        redis_unavailable(config, exc)
+    kind.execute(
         config=config,
         record=record,
         runs=runs,
-        handler=plan.handler,
+        handler=handler,
         owner=owner,
         idle_timeout_s=idle_timeout_s,
         progress=progress,
@@ -428,39 +463,44 @@ def _rerun(
     ranges = [PartitionRange(r.partition, r.start, r.end) for r in old.ranges]
     requested = {**old.requested, "rerun_of": old.id}
     plan = _Plan(old.topic, name, handler, ranges, requested, rerun_of=old.id)
-    _start(config, plan, dry_run, idle_timeout_s, progress)
+    _start(
+        config,
+        plan,
+        _REPLAY,
+        dry_run=dry_run,
+        idle_timeout_s=idle_timeout_s,
+        progress=progress,
+    )
 
 
-def _resume(
-    config: Config, run_id: str, idle_timeout_s: float, progress: bool | None
-) -> None:
+def resume_run(
+    config: Config,
+    run_id: str,
+    kind: _Kind,
+    idle_timeout_s: float,
+    progress: bool | None,
+) -> NoReturn:
+    """Continue a run of ``kind`` that stopped, as this process."""
     record = _existing(config, run_id, "--resume")
     try:
-        _check_resumable(record)
-        handler, _ = handler_for(config, record.topic, record.handler)
+        kind.check_resumable(record)
+        handler, _ = kind.handler_for(config, record.topic, record.handler)
     except ConfigError as exc:
         _refuse(exc)
     click.echo(
         f"resuming run {record.id} ({record.status}, "
-        f"{record.events_handled} events handled so far)"
+        f"{record.events_handled} {kind.items} handled so far)"
     )
     _print_plan(
         record.id, record.topic, record.handler, list(record.ranges), record.progress
     )
-    runs = _run_store(config)
-    owner = Owner.for_this_process()
-    try:
-        record = runs.resume(record.id, owner)
-    except StoreUnavailable as exc:
-        _unavailable(config, exc)
-    _execute(
-        config=config,
-        record=record,
-        runs=runs,
-        handler=handler,
-        owner=owner,
-        idle_timeout_s=idle_timeout_s,
-        progress=progress,
+    _launch(
+        config,
+        lambda runs, owner: runs.resume(record.id, owner),
+        kind,
+        handler,
+        idle_timeout_s,
+        progress,
     )
 
 
@@ -490,13 +530,8 @@ def _check_replay(record: RunRecord, option: str) -> None:
 
 
 def _existing(config: Config, run_id: str, option: str) -> RunRecord:
-    runs = _run_store(config)
-    try:
+    with answering(config, _run_store(config)) as runs:
         record = runs.get(run_id)
-    except StoreUnavailable as exc:
-        _unavailable(config, exc)
-    finally:
-        runs.close()
     if record is None:
         _refuse(RequestRefused(option, f"no run {run_id!r}"))
     return record
@@ -512,16 +547,7 @@ def _execute(
     idle_timeout_s: float,
     progress: bool | None,
 ) -> NoReturn:
-    store = RedisCheckpointStore.from_url(
-        config.redis.url,
-        key_prefix=config.redis.key_prefix,
-        socket_timeout_s=config.redis.socket_timeout_s,
-        history_max_entries=config.redis.history_max_entries,
-    )
-    shown = None
-    if progress is not False:
-        total = sum(r.offsets for r in record.ranges)
-        shown = Progress(record.id, total, sys.stderr, done=record.events_handled)
+    store = open_checkpoint_store(config)
     job = Replay(
         record,
         config,
@@ -529,11 +555,10 @@ def _execute(
         runs=runs,
         handler=handler,
         owner=owner,
-        progress=shown,
+        progress=progress_of(record, progress),
         idle_timeout_s=idle_timeout_s,
     )
-    for signum in (signal.SIGTERM, signal.SIGINT):
-        signal.signal(signum, lambda *_: job.request_stop())
+    stop_on_signals(job.request_stop)
     freeze_startup_objects()
     outcome = job.run()
     store.close()
@@ -547,6 +572,14 @@ def _execute(
     if outcome.error:
         click.echo(f"streamcp: run {record.id}: {outcome.error}", err=True)
     sys.exit(_EXIT_OF.get(outcome.status, EXIT_FAILURE))
+
+
+def progress_of(record: RunRecord, progress: bool | None) -> Progress | None:
+    """The progress display of ``record`` on stderr; None with --no-progress."""
+    if progress is False:
+        return None
+    total = sum(r.offsets for r in record.ranges)
+    return Progress(record.id, total, sys.stderr, done=record.events_handled)
 
 
 def _print_plan(
@@ -653,13 +686,8 @@ def runs_list(
             config_path, bootstrap_servers, group, redis_url, key_prefix, settings
         )
     )
-    store = _run_store(config)
-    try:
+    with answering(config, _run_store(config)) as store:
         found = store.list(limit)
-    except StoreUnavailable as exc:
-        _unavailable(config, exc)
-    finally:
-        store.close()
     if as_json:
         click.echo(json.dumps({"runs": [r.to_json() for r in found]}, indent=2))
         return
@@ -740,7 +768,7 @@ def runs_show(
     )
     if summary is not None:
         # cli_redrive builds on this module, so it is imported late.
-        from streamcp.cli_redrive import print_summary  # noqa: PLC0415
+        from streamcp.cli_redrive import print_summary
 
         print_summary(summary)
 
@@ -749,12 +777,12 @@ def _redrive_summary(config: Config, record: RunRecord) -> RedriveSummary | None
     """What a redrive's records came to; None for a replay."""
     if record.kind != "redrive":
         return None
-    from streamcp.cli_redrive import summary_of  # noqa: PLC0415  # see above
+    from streamcp.cli_redrive import summary_of  # see above
 
     try:
         return summary_of(config, record)
     except StoreUnavailable as exc:
-        _unavailable(config, exc)
+        redis_unavailable(config, exc)
 
 
 @runs.command("cancel")
@@ -800,13 +828,8 @@ def runs_cancel(
                 f"a running run can be cancelled",
             )
         )
-    store = _run_store(config)
-    try:
+    with answering(config, _run_store(config)) as store:
         _cancel(store, record, wait_s)
-    except StoreUnavailable as exc:
-        _unavailable(config, exc)
-    finally:
-        store.close()
 
 
 def _cancel(store: RunStore, record: RunRecord, wait_s: float) -> None:
@@ -832,3 +855,13 @@ def _cancel(store: RunStore, record: RunRecord, wait_s: float) -> None:
         err=True,
     )
     sys.exit(EXIT_FAILURE)
+
+
+_REPLAY = _Kind(
+    kind="replay",
+    handler_for=handler_for,
+    check_resumable=_check_resumable,
+    execute=_execute,
+    items="events",
+    dry_run_did_not="handled",
+)
