@@ -6,11 +6,13 @@ bad configuration or usage (before anything connects).
 
 from __future__ import annotations
 
+import functools
 import gc
 import json
 import sys
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, NoReturn
 
@@ -46,6 +48,47 @@ def _config_options(func: Callable[..., Any]) -> Callable[..., Any]:
     for option in reversed(options):
         func = option(func)
     return func
+
+
+@dataclass(frozen=True)
+class ConfigArgs:
+    """The values of the shared configuration options of one command."""
+
+    path: Path | None
+    bootstrap_servers: str | None
+    group: str | None
+    redis_url: str | None
+    key_prefix: str | None
+    settings: tuple[str, ...]
+
+    def values(
+        self,
+    ) -> tuple[Path | None, str | None, str | None, str | None, str | None,
+               tuple[str, ...]]:
+        """The values in the order of the options (and of ``_load``)."""
+        return (self.path, self.bootstrap_servers, self.group, self.redis_url,
+                self.key_prefix, self.settings)
+
+
+def _with_config_args(func: Callable[..., Any]) -> Callable[..., Any]:
+    """Add the shared configuration options, passed as one ``config_args``."""
+
+    @functools.wraps(func)
+    def command(
+        *,
+        config_path: Path | None,
+        bootstrap_servers: str | None,
+        group: str | None,
+        redis_url: str | None,
+        key_prefix: str | None,
+        settings: tuple[str, ...],
+        **kw: Any,
+    ) -> Any:
+        args = ConfigArgs(config_path, bootstrap_servers, group, redis_url,
+                          key_prefix, settings)
+        return func(config_args=args, **kw)
+
+    return _config_options(command)
 
 
 def _load(
@@ -96,7 +139,7 @@ def freeze_startup_objects() -> None:
 
 
 @main.command()
-@_config_options
+@_with_config_args
 @click.option("--topic", "topics", multiple=True, help="Topic to consume (repeatable).")
 @click.option("--handler", "handler_name", help="Handler: entry point or module:attr.")
 @click.option("--stop-when-caught-up", is_flag=True,
@@ -107,12 +150,7 @@ def freeze_startup_objects() -> None:
                    "when they are assigned, and retry that event.")
 @click.option("--log-level", type=click.Choice(["debug", "info", "warning", "error"]))
 def run(
-    config_path: Path | None,
-    bootstrap_servers: str | None,
-    group: str | None,
-    redis_url: str | None,
-    key_prefix: str | None,
-    settings: tuple[str, ...],
+    config_args: ConfigArgs,
     topics: tuple[str, ...],
     handler_name: str | None,
     stop_when_caught_up: bool,
@@ -139,8 +177,7 @@ def run(
     if log_level:
         extra["log.level"] = log_level
     try:
-        config = _load(config_path, bootstrap_servers, group, redis_url, key_prefix,
-                       settings, extra)
+        config = _load(*config_args.values(), extra)
         router = HandlerRouter.from_config(config)
     except ConfigError as exc:
         _config_error(exc)
@@ -170,20 +207,14 @@ def checkpoints() -> None:
 
 
 @checkpoints.command("show")
-@_config_options
+@_with_config_args
 @click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
 def checkpoints_show(
-    config_path: Path | None,
-    bootstrap_servers: str | None,
-    group: str | None,
-    redis_url: str | None,
-    key_prefix: str | None,
-    settings: tuple[str, ...],
+    config_args: ConfigArgs,
     as_json: bool,
 ) -> None:
     """Show each partition's checkpoint: the offset of the next event to process."""
-    with _store_command(config_path, bootstrap_servers, group, redis_url, key_prefix,
-                        settings) as (config, store):
+    with _store_command(config_args) as (config, store):
         found = store.read(config.kafka.group_id)
     rows = [checkpoint_row(cp) for cp in found.values()]
     if as_json:
@@ -201,17 +232,12 @@ def checkpoints_show(
 
 
 @checkpoints.command("resume")
-@_config_options
+@_with_config_args
 @click.option("--topic", required=True, help="Topic of the paused partition.")
 @click.option("--partition", "partitions", type=int, multiple=True, required=True,
               help="Partition to resume (repeatable).")
 def checkpoints_resume(
-    config_path: Path | None,
-    bootstrap_servers: str | None,
-    group: str | None,
-    redis_url: str | None,
-    key_prefix: str | None,
-    settings: tuple[str, ...],
+    config_args: ConfigArgs,
     topic: str,
     partitions: tuple[int, ...],
 ) -> None:
@@ -225,8 +251,7 @@ def checkpoints_resume(
 
     by = f"{getpass.getuser()}@{socket.gethostname()}"
     status = 0
-    with _store_command(config_path, bootstrap_servers, group, redis_url, key_prefix,
-                        settings) as (config, store):
+    with _store_command(config_args) as (config, store):
         for partition in partitions:
             tp = TopicPartition(topic, partition)
             if store.unpause(config.kafka.group_id, tp, by=by):
@@ -247,14 +272,16 @@ def _load_for_store(*args: Any) -> Config:
 
 
 @contextmanager
-def _store_command(*args: Any) -> Iterator[tuple[Config, RedisCheckpointStore]]:
+def _store_command(
+    config_args: ConfigArgs,
+) -> Iterator[tuple[Config, RedisCheckpointStore]]:
     """The configuration and checkpoint store of a store-only command.
 
     Exit 2 for bad configuration, 1 when Redis does not answer; the store
     is closed in any case.
     """
     try:
-        config = _load_for_store(*args)
+        config = _load_for_store(*config_args.values())
     except ConfigError as exc:
         _config_error(exc)
     with answering(config, open_checkpoint_store(config, history=False)) as store:

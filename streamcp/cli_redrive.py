@@ -9,13 +9,12 @@ was refused before anything ran, 3 when it was cancelled.
 from __future__ import annotations
 
 import sys
-from pathlib import Path
 from typing import NoReturn
 
 import click
 import confluent_kafka
 
-from streamcp.cli import _config_options
+from streamcp.cli import ConfigArgs, _with_config_args
 from streamcp.cli_common import (
     EXIT_FAILURE,
     format_table,
@@ -24,7 +23,6 @@ from streamcp.cli_common import (
 )
 from streamcp.cli_replay import (
     EXIT_CANCELLED,
-    _ConfigArgs,
     _Kind,
     _load_config,
     _Plan,
@@ -54,7 +52,7 @@ def dlq() -> None:
 
 
 @dlq.command()
-@_config_options
+@_with_config_args
 @click.option("--topic", help="Dead-letter topic to redrive.")
 @click.option(
     "--partition",
@@ -126,12 +124,7 @@ def dlq() -> None:
 @click.option("--log-level", type=click.Choice(["debug", "info", "warning", "error"]))
 def redrive(
     *,
-    config_path: Path | None,
-    bootstrap_servers: str | None,
-    group: str | None,
-    redis_url: str | None,
-    key_prefix: str | None,
-    settings: tuple[str, ...],
+    config_args: ConfigArgs,
     topic: str | None,
     partitions: tuple[int, ...],
     from_offset: int | None,
@@ -164,9 +157,6 @@ def redrive(
     records still failing or refused, 1 failed, 2 refused before anything
     ran, 3 cancelled.
     """
-    config_args = _ConfigArgs(
-        config_path, bootstrap_servers, group, redis_url, key_prefix, settings
-    )
     ranged = [topic, from_offset, to_offset, from_time, to_time]
     ranged += [dead_letter_to, handler_name]
     flags = [bool(partitions), end_inclusive, strict_end, dry_run]

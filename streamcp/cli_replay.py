@@ -13,15 +13,15 @@ import sys
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any, NoReturn
 
 import click
 
 from streamcp.cli import (
-    _config_options,
+    ConfigArgs,
     _load,
     _load_for_store,
+    _with_config_args,
     freeze_startup_objects,
 )
 from streamcp.cli_common import (
@@ -61,17 +61,7 @@ def _refuse(exc: ConfigError) -> NoReturn:
     sys.exit(EXIT_CONFIG)
 
 
-@dataclass(frozen=True)
-class _ConfigArgs:
-    path: Path | None
-    bootstrap_servers: str | None
-    group: str | None
-    redis_url: str | None
-    key_prefix: str | None
-    settings: tuple[str, ...]
-
-
-def _load_config(args: _ConfigArgs, extra: dict[str, Any], topic: str) -> Config:
+def _load_config(args: ConfigArgs, extra: dict[str, Any], topic: str) -> Config:
     """Load as ``streamcp run`` does; a replay needs no subscription of its own.
 
     When the configuration names no topics or no handler, the replay's
@@ -82,15 +72,7 @@ def _load_config(args: _ConfigArgs, extra: dict[str, Any], topic: str) -> Config
     wanted = dict(extra)
     while True:
         try:
-            return _load(
-                args.path,
-                args.bootstrap_servers,
-                args.group,
-                args.redis_url,
-                args.key_prefix,
-                args.settings,
-                wanted,
-            )
+            return _load(*args.values(), wanted)
         except ConfigError as exc:
             if exc.field not in fills or exc.field in wanted:
                 raise
@@ -135,7 +117,7 @@ def handler_for(config: Config, topic: str, name: str | None) -> tuple[Handler, 
 
 
 @click.command()
-@_config_options
+@_with_config_args
 @click.option("--topic", help="Topic to replay.")
 @click.option(
     "--partition",
@@ -226,12 +208,7 @@ def handler_for(config: Config, topic: str, name: str | None) -> tuple[Handler, 
 @click.option("--log-level", type=click.Choice(["debug", "info", "warning", "error"]))
 def replay(
     *,
-    config_path: Path | None,
-    bootstrap_servers: str | None,
-    group: str | None,
-    redis_url: str | None,
-    key_prefix: str | None,
-    settings: tuple[str, ...],
+    config_args: ConfigArgs,
     topic: str | None,
     partitions: tuple[int, ...],
     from_offset: int | None,
@@ -264,9 +241,6 @@ def replay(
     Exit status: 0 completed (or --dry-run), 1 failed, 2 refused before
     anything ran, 3 cancelled.
     """
-    config_args = _ConfigArgs(
-        config_path, bootstrap_servers, group, redis_url, key_prefix, settings
-    )
     try:
         _check_combination(
             topic=topic,
@@ -623,16 +597,9 @@ def runs() -> None:
     """List, show and cancel runs (replays and dead-letter redrives)."""
 
 
-def _runs_config(args: _ConfigArgs) -> Config:
+def _runs_config(args: ConfigArgs) -> Config:
     try:
-        return _load_for_store(
-            args.path,
-            args.bootstrap_servers,
-            args.group,
-            args.redis_url,
-            args.key_prefix,
-            args.settings,
-        )
+        return _load_for_store(*args.values())
     except ConfigError as exc:
         _refuse(exc)
 
@@ -660,7 +627,7 @@ def _list_row(record: RunRecord) -> dict[str, Any]:
 
 
 @runs.command("list")
-@_config_options
+@_with_config_args
 @click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
 @click.option(
     "--limit",
@@ -671,21 +638,12 @@ def _list_row(record: RunRecord) -> dict[str, Any]:
 )
 def runs_list(
     *,
-    config_path: Path | None,
-    bootstrap_servers: str | None,
-    group: str | None,
-    redis_url: str | None,
-    key_prefix: str | None,
-    settings: tuple[str, ...],
+    config_args: ConfigArgs,
     as_json: bool,
     limit: int,
 ) -> None:
     """List runs, newest first."""
-    config = _runs_config(
-        _ConfigArgs(
-            config_path, bootstrap_servers, group, redis_url, key_prefix, settings
-        )
-    )
+    config = _runs_config(config_args)
     with answering(config, _run_store(config)) as store:
         found = store.list(limit)
     if as_json:
@@ -714,26 +672,17 @@ def runs_list(
 
 
 @runs.command("show")
-@_config_options
+@_with_config_args
 @click.argument("run_id")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON instead of text.")
 def runs_show(
     *,
-    config_path: Path | None,
-    bootstrap_servers: str | None,
-    group: str | None,
-    redis_url: str | None,
-    key_prefix: str | None,
-    settings: tuple[str, ...],
+    config_args: ConfigArgs,
     run_id: str,
     as_json: bool,
 ) -> None:
     """Show one run: its range, resolved offsets, progress and outcome."""
-    config = _runs_config(
-        _ConfigArgs(
-            config_path, bootstrap_servers, group, redis_url, key_prefix, settings
-        )
-    )
+    config = _runs_config(config_args)
     record = _existing(config, run_id, "RUN_ID")
     data = record.to_json()
     summary = _redrive_summary(config, record)
@@ -786,7 +735,7 @@ def _redrive_summary(config: Config, record: RunRecord) -> RedriveSummary | None
 
 
 @runs.command("cancel")
-@_config_options
+@_with_config_args
 @click.argument("run_id")
 @click.option(
     "--wait",
@@ -799,12 +748,7 @@ def _redrive_summary(config: Config, record: RunRecord) -> RedriveSummary | None
 )
 def runs_cancel(
     *,
-    config_path: Path | None,
-    bootstrap_servers: str | None,
-    group: str | None,
-    redis_url: str | None,
-    key_prefix: str | None,
-    settings: tuple[str, ...],
+    config_args: ConfigArgs,
     run_id: str,
     wait_s: float,
 ) -> None:
@@ -814,11 +758,7 @@ def runs_cancel(
     Exit status 0 once cancelled, 1 when it did not stop within --wait, 2
     for an unknown run or one that is not running.
     """
-    config = _runs_config(
-        _ConfigArgs(
-            config_path, bootstrap_servers, group, redis_url, key_prefix, settings
-        )
-    )
+    config = _runs_config(config_args)
     record = _existing(config, run_id, "RUN_ID")
     if record.status != "running":
         _refuse(
