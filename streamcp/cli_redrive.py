@@ -23,12 +23,14 @@ from streamcp.cli_common import (
 )
 from streamcp.cli_replay import (
     EXIT_CANCELLED,
+    RangeArgs,
     _Kind,
     _load_config,
     _Plan,
     _refuse,
     _resolve,
     _start,
+    _with_range_args,
     progress_of,
     resume_run,
 )
@@ -36,7 +38,7 @@ from streamcp.config import Config
 from streamcp.deadletter import dead_letter_producer
 from streamcp.errors import ConfigError, ReplayError, RequestRefused
 from streamcp.handlers import Handler
-from streamcp.ranges import BrokerView, RangeRequest, parse_time
+from streamcp.ranges import BrokerView
 from streamcp.redrive import Redrive, redrive_handler
 from streamcp.redrive_ledger import RedriveLedger, RedriveSummary
 from streamcp.replay import replay_consumer_settings
@@ -53,6 +55,7 @@ def dlq() -> None:
 
 @dlq.command()
 @_with_config_args
+@_with_range_args
 @click.option("--topic", help="Dead-letter topic to redrive.")
 @click.option(
     "--partition",
@@ -125,14 +128,7 @@ def dlq() -> None:
 def redrive(
     *,
     config_args: ConfigArgs,
-    topic: str | None,
-    partitions: tuple[int, ...],
-    from_offset: int | None,
-    to_offset: int | None,
-    from_time: str | None,
-    to_time: str | None,
-    end_inclusive: bool,
-    strict_end: bool,
+    range_args: RangeArgs,
     handler_name: str | None,
     dead_letter_to: str | None,
     dry_run: bool,
@@ -157,11 +153,9 @@ def redrive(
     records still failing or refused, 1 failed, 2 refused before anything
     ran, 3 cancelled.
     """
-    ranged = [topic, from_offset, to_offset, from_time, to_time]
-    ranged += [dead_letter_to, handler_name]
-    flags = [bool(partitions), end_inclusive, strict_end, dry_run]
+    others = [dead_letter_to is not None, handler_name is not None, dry_run]
     try:
-        if resume_id is not None and (any(v is not None for v in ranged) or any(flags)):
+        if resume_id is not None and (range_args.given() or any(others)):
             raise RequestRefused(
                 "--resume",
                 "redrives the recorded topic, offsets, handler and "
@@ -169,25 +163,16 @@ def redrive(
                 "--from-time, --to-time, --end-inclusive, --strict-end, "
                 "--handler, --dead-letter-to or --dry-run with it",
             )
-        if resume_id is None and not topic:
+        if resume_id is None and not range_args.topic:
             raise RequestRefused("--topic", "is missing: name the dead-letter topic")
         extra = {"log.level": log_level} if log_level else {}
-        config = _load_config(config_args, extra, topic or "")
+        config = _load_config(config_args, extra, range_args.topic or "")
     except ConfigError as exc:
         _refuse(exc)
     if resume_id is not None:
         resume_run(config, resume_id, _REDRIVE, idle_timeout_s, progress)
     try:
-        request = RangeRequest(
-            topic=topic or "",
-            partitions=partitions,
-            from_offset=from_offset,
-            to_offset=to_offset,
-            from_time=parse_time(from_time, "--from-time") if from_time else None,
-            to_time=parse_time(to_time, "--to-time") if to_time else None,
-            end_inclusive=end_inclusive,
-            strict_end=strict_end,
-        )
+        request = range_args.request()
         if dead_letter_to is not None and dead_letter_to == request.topic:
             raise RequestRefused(
                 "--dead-letter-to",

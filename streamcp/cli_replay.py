@@ -8,6 +8,7 @@ committed to the run's own checkpoints in every case where Redis answered.
 
 from __future__ import annotations
 
+import functools
 import json
 import sys
 import time
@@ -87,6 +88,72 @@ def _run_store(config: Config) -> RunStore:
     )
 
 
+@dataclass(frozen=True)
+class RangeArgs:
+    """The values of the range options of ``replay`` and ``dlq redrive``."""
+
+    topic: str | None
+    partitions: tuple[int, ...]
+    from_offset: int | None
+    to_offset: int | None
+    from_time: str | None
+    to_time: str | None
+    end_inclusive: bool
+    strict_end: bool
+
+    def given(self) -> bool:
+        """Whether any of the options was given."""
+        ranged = [self.topic, self.from_offset, self.to_offset]
+        ranged += [self.from_time, self.to_time]
+        flags = [bool(self.partitions), self.end_inclusive, self.strict_end]
+        return any(v is not None for v in ranged) or any(flags)
+
+    def request(self) -> RangeRequest:
+        """The range requested; raises ConfigError for a malformed time."""
+        from_time, to_time = self.from_time, self.to_time
+        return RangeRequest(
+            topic=self.topic or "",
+            partitions=self.partitions,
+            from_offset=self.from_offset,
+            to_offset=self.to_offset,
+            from_time=parse_time(from_time, "--from-time") if from_time else None,
+            to_time=parse_time(to_time, "--to-time") if to_time else None,
+            end_inclusive=self.end_inclusive,
+            strict_end=self.strict_end,
+        )
+
+
+def _with_range_args(func: Callable[..., Any]) -> Callable[..., Any]:
+    """Pass the range options (declared below it) as one ``range_args``."""
+
+    @functools.wraps(func)
+    def command(
+        *,
+        topic: str | None,
+        partitions: tuple[int, ...],
+        from_offset: int | None,
+        to_offset: int | None,
+        from_time: str | None,
+        to_time: str | None,
+        end_inclusive: bool,
+        strict_end: bool,
+        **kw: Any,
+    ) -> Any:
+        args = RangeArgs(
+            topic,
+            partitions,
+            from_offset,
+            to_offset,
+            from_time,
+            to_time,
+            end_inclusive,
+            strict_end,
+        )
+        return func(range_args=args, **kw)
+
+    return command
+
+
 def handler_for(config: Config, topic: str, name: str | None) -> tuple[Handler, str]:
     """The replay's handler and its name; nothing connects yet.
 
@@ -118,6 +185,7 @@ def handler_for(config: Config, topic: str, name: str | None) -> tuple[Handler, 
 
 @click.command()
 @_with_config_args
+@_with_range_args
 @click.option("--topic", help="Topic to replay.")
 @click.option(
     "--partition",
@@ -209,14 +277,7 @@ def handler_for(config: Config, topic: str, name: str | None) -> tuple[Handler, 
 def replay(
     *,
     config_args: ConfigArgs,
-    topic: str | None,
-    partitions: tuple[int, ...],
-    from_offset: int | None,
-    to_offset: int | None,
-    from_time: str | None,
-    to_time: str | None,
-    end_inclusive: bool,
-    strict_end: bool,
+    range_args: RangeArgs,
     handler_name: str | None,
     dry_run: bool,
     resume_id: str | None,
@@ -242,20 +303,9 @@ def replay(
     anything ran, 3 cancelled.
     """
     try:
-        _check_combination(
-            topic=topic,
-            partitions=partitions,
-            from_offset=from_offset,
-            to_offset=to_offset,
-            from_time=from_time,
-            to_time=to_time,
-            end_inclusive=end_inclusive,
-            strict_end=strict_end,
-            resume_id=resume_id,
-            rerun_id=rerun_id,
-        )
+        _check_combination(range_args, resume_id=resume_id, rerun_id=rerun_id)
         extra = {"log.level": log_level} if log_level else {}
-        config = _load_config(config_args, extra, topic or "")
+        config = _load_config(config_args, extra, range_args.topic or "")
     except ConfigError as exc:
         _refuse(exc)
     configure_logging(config.log.level, config.log.format)
@@ -272,16 +322,7 @@ def replay(
         )
         return
     try:
-        request = RangeRequest(
-            topic=topic or "",
-            partitions=partitions,
-            from_offset=from_offset,
-            to_offset=to_offset,
-            from_time=parse_time(from_time, "--from-time") if from_time else None,
-            to_time=parse_time(to_time, "--to-time") if to_time else None,
-            end_inclusive=end_inclusive,
-            strict_end=strict_end,
-        )
+        request = range_args.request()
         handler, name = handler_for(config, request.topic, handler_name)
     except ConfigError as exc:
         _refuse(exc)
@@ -297,31 +338,22 @@ def replay(
 
 
 def _check_combination(
+    range_args: RangeArgs,
     *,
-    topic: str | None,
-    partitions: tuple[int, ...],
-    from_offset: int | None,
-    to_offset: int | None,
-    from_time: str | None,
-    to_time: str | None,
-    end_inclusive: bool,
-    strict_end: bool,
     resume_id: str | None,
     rerun_id: str | None,
 ) -> None:
     if resume_id is not None and rerun_id is not None:
         raise RequestRefused("--resume", "give --resume or --rerun, not both")
     reuse = "--resume" if resume_id is not None else "--rerun"
-    ranged = [topic, from_offset, to_offset, from_time, to_time]
-    flags = [bool(partitions), end_inclusive, strict_end]
-    if (resume_id or rerun_id) and (any(v is not None for v in ranged) or any(flags)):
+    if (resume_id or rerun_id) and range_args.given():
         raise RequestRefused(
             reuse,
             "replays the recorded topic, partitions and offsets: give no "
             "--topic, --partition, --from, --to, --from-time, --to-time, "
             "--end-inclusive or --strict-end with it",
         )
-    if not (resume_id or rerun_id) and not topic:
+    if not (resume_id or rerun_id) and not range_args.topic:
         raise RequestRefused("--topic", "is missing: name the topic to replay")
 
 
