@@ -31,6 +31,7 @@ from streamcp.cli_replay import (
     _resolve,
     _start,
     _with_range_args,
+    check_not_running,
     progress_of,
     resume_run,
 )
@@ -223,12 +224,7 @@ def _check_resumable(record: RunRecord) -> None:
             f"run {record.id!r} is completed: every record of it was redriven "
             f"or recorded; start a new redrive to go through them again",
         )
-    if record.status == "running" and not record.stale():
-        raise RequestRefused(
-            "--resume",
-            f"run {record.id!r} is running in {record.started_by_host} "
-            f"(heartbeat at {record.heartbeat_at}); cancel it first",
-        )
+    check_not_running(record)
 
 
 def _execute(

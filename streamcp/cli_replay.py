@@ -518,6 +518,11 @@ def _check_resumable(record: RunRecord) -> None:
             f"run {record.id!r} is completed; use --rerun {record.id} "
             f"to replay its offsets again",
         )
+    check_not_running(record)
+
+
+def check_not_running(record: RunRecord) -> None:
+    """Refuse to resume a run whose process is still alive (has a heartbeat)."""
     if record.status == "running" and not record.stale():
         raise RequestRefused(
             "--resume",
