@@ -45,11 +45,29 @@ from streamcp.errors import ConfigError, StoreUnavailable, StreamcpError
 Loader = Callable[..., Config]
 Options = Callable[[Callable[..., Any]], Callable[..., Any]]
 
-LAG_COLUMNS = ["topic", "partition", "checkpoint", "high_watermark", "lag",
-               "checkpoint_age_s", "committed_by", "owner", "kafka_committed"]
+LAG_COLUMNS = [
+    "topic",
+    "partition",
+    "checkpoint",
+    "high_watermark",
+    "lag",
+    "checkpoint_age_s",
+    "committed_by",
+    "owner",
+    "kafka_committed",
+]
 CHANGE_COLUMNS = ["topic", "partition", "checkpoint", "new_checkpoint", "owner"]
-HISTORY_COLUMNS = ["id", "kind", "topic", "partition", "offset", "previous",
-                   "epoch", "owner", "at"]
+HISTORY_COLUMNS = [
+    "id",
+    "kind",
+    "topic",
+    "partition",
+    "offset",
+    "previous",
+    "epoch",
+    "owner",
+    "at",
+]
 
 
 def _fail(message: str, status: int = EXIT_FAILURE) -> NoReturn:
@@ -107,8 +125,9 @@ def _confirm(question: str, yes: bool) -> None:
         _fail("nothing changed (not confirmed; pass --yes to skip the question)")
 
 
-def add_commands(main: click.Group, checkpoints: click.Group, options: Options,
-                 load: Loader) -> None:
+def add_commands(
+    main: click.Group, checkpoints: click.Group, options: Options, load: Loader
+) -> None:
     """Register the commands on the CLI's groups.
 
     ``options`` adds the shared configuration options and ``load`` turns
@@ -126,8 +145,12 @@ def add_commands(main: click.Group, checkpoints: click.Group, options: Options,
 def _add_lag(group: click.Group, options: Options, load: Loader) -> None:
     @group.command("lag")
     @options
-    @click.option("--topic", "topics", multiple=True,
-                  help="Also list every partition of this topic (repeatable).")
+    @click.option(
+        "--topic",
+        "topics",
+        multiple=True,
+        help="Also list every partition of this topic (repeatable).",
+    )
     @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
     def lag(topics: tuple[str, ...], as_json: bool, **kw: Any) -> None:
         """Per partition: checkpoint, high watermark, lag and checkpoint age.
@@ -148,17 +171,36 @@ def _add_lag(group: click.Group, options: Options, load: Loader) -> None:
 def _add_set(group: click.Group, options: Options, load: Loader) -> None:
     @group.command("set")
     @options
-    @click.option("--topic", required=True,
-                  help="The topic whose checkpoints to set.")
-    @click.option("--partition", "partitions", type=int, multiple=True,
-                  help="Partition to set (repeatable; default: all of the topic).")
-    @click.option("--offset", type=click.IntRange(min=0),
-                  help="The new checkpoint: the offset of the next event to process.")
-    @click.option("--time", "at", metavar="ISO8601",
-                  help="The first offset at or after this time (offsets_for_times).")
+    @click.option("--topic", required=True, help="The topic whose checkpoints to set.")
+    @click.option(
+        "--partition",
+        "partitions",
+        type=int,
+        multiple=True,
+        help="Partition to set (repeatable; default: all of the topic).",
+    )
+    @click.option(
+        "--offset",
+        type=click.IntRange(min=0),
+        help="The new checkpoint: the offset of the next event to process.",
+    )
+    @click.option(
+        "--time",
+        "at",
+        metavar="ISO8601",
+        help="The first offset at or after this time (offsets_for_times).",
+    )
     @_change_options
-    def set_(*, topic: str, partitions: tuple[int, ...], offset: int | None,
-             at: str | None, yes: bool, dry_run: bool, **kw: Any) -> None:
+    def set_(
+        *,
+        topic: str,
+        partitions: tuple[int, ...],
+        offset: int | None,
+        at: str | None,
+        yes: bool,
+        dry_run: bool,
+        **kw: Any,
+    ) -> None:
         """Set checkpoints to an offset or a time; may move them backwards.
 
         A running owner adopts the change at its next commit of the
@@ -169,23 +211,42 @@ def _add_set(group: click.Group, options: Options, load: Loader) -> None:
         when = _parse_time(at) if at is not None else None
         with _opened(load, _args(kw)) as ctx:
             parts = target_partitions(ctx.store, ctx.view, ctx.group, topic, partitions)
-            changes = plan_changes(ctx.store, ctx.view, ctx.group, parts,
-                                   offset=offset, at=when)
+            changes = plan_changes(
+                ctx.store, ctx.view, ctx.group, parts, offset=offset, at=when
+            )
             _change(ctx, changes, yes=yes, dry_run=dry_run)
 
 
 def _add_reset(group: click.Group, options: Options, load: Loader) -> None:
     @group.command("reset")
     @options
-    @click.option("--topic", required=True,
-                  help="The topic whose checkpoints to reset.")
-    @click.option("--partition", "partitions", type=int, multiple=True,
-                  help="Partition to reset (repeatable; default: all of the topic).")
-    @click.option("--to", "to", type=click.Choice(["earliest", "latest"]),
-                  required=True, help="The log's first offset, or its high watermark.")
+    @click.option(
+        "--topic", required=True, help="The topic whose checkpoints to reset."
+    )
+    @click.option(
+        "--partition",
+        "partitions",
+        type=int,
+        multiple=True,
+        help="Partition to reset (repeatable; default: all of the topic).",
+    )
+    @click.option(
+        "--to",
+        "to",
+        type=click.Choice(["earliest", "latest"]),
+        required=True,
+        help="The log's first offset, or its high watermark.",
+    )
     @_change_options
-    def reset(*, topic: str, partitions: tuple[int, ...], to: ResetTarget,
-              yes: bool, dry_run: bool, **kw: Any) -> None:
+    def reset(
+        *,
+        topic: str,
+        partitions: tuple[int, ...],
+        to: ResetTarget,
+        yes: bool,
+        dry_run: bool,
+        **kw: Any,
+    ) -> None:
         """Reset checkpoints to the start or the end of the log."""
         with _opened(load, _args(kw)) as ctx:
             parts = target_partitions(ctx.store, ctx.view, ctx.group, topic, partitions)
@@ -196,17 +257,32 @@ def _add_reset(group: click.Group, options: Options, load: Loader) -> None:
 def _add_history(group: click.Group, options: Options, load: Loader) -> None:
     @group.command("history")
     @options
-    @click.option("--count", type=click.IntRange(min=0), default=20, show_default=True,
-                  help="How many of the latest entries (0: all).")
+    @click.option(
+        "--count",
+        type=click.IntRange(min=0),
+        default=20,
+        show_default=True,
+        help="How many of the latest entries (0: all).",
+    )
     @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
     def history(count: int, as_json: bool, **kw: Any) -> None:
         """The group's audit trail: claims, commits, releases, operator changes."""
         with _opened(load, _args(kw)) as ctx:
             entries = ctx.store.history(ctx.group, count)
-        rows = [{"id": e.id, "kind": e.kind, "topic": e.topic_partition.topic,
-                 "partition": e.topic_partition.partition, "offset": e.offset,
-                 "previous": e.previous_offset, "epoch": e.epoch, "owner": e.owner,
-                 "at": e.at.isoformat()} for e in entries]
+        rows = [
+            {
+                "id": e.id,
+                "kind": e.kind,
+                "topic": e.topic_partition.topic,
+                "partition": e.topic_partition.partition,
+                "offset": e.offset,
+                "previous": e.previous_offset,
+                "epoch": e.epoch,
+                "owner": e.owner,
+                "at": e.at.isoformat(),
+            }
+            for e in entries
+        ]
         if as_json:
             click.echo(json.dumps({"group": ctx.group, "history": rows}, indent=2))
             return
@@ -217,8 +293,12 @@ def _add_history(group: click.Group, options: Options, load: Loader) -> None:
 def _add_export(group: click.Group, options: Options, load: Loader) -> None:
     @group.command("export")
     @options
-    @click.option("--output", "-o", type=click.Path(path_type=Path),
-                  help="Write to this file instead of standard output.")
+    @click.option(
+        "--output",
+        "-o",
+        type=click.Path(path_type=Path),
+        help="Write to this file instead of standard output.",
+    )
     def export(output: Path | None, **kw: Any) -> None:
         """Write every checkpoint of the group as JSON (see ``import``)."""
         with _opened(load, _args(kw)) as ctx:
@@ -228,16 +308,22 @@ def _add_export(group: click.Group, options: Options, load: Loader) -> None:
             click.echo(text, nl=False)
             return
         output.write_text(text)
-        click.echo(f"exported {len(document['checkpoints'])} checkpoint(s) of group "
-                   f"{ctx.group} to {output}", err=True)
+        click.echo(
+            f"exported {len(document['checkpoints'])} checkpoint(s) of group "
+            f"{ctx.group} to {output}",
+            err=True,
+        )
 
 
 def _add_import(group: click.Group, options: Options, load: Loader) -> None:
     @group.command("import")
     @options
     @click.argument("source", type=click.File("r"))
-    @click.option("--force", is_flag=True,
-                  help="Overwrite checkpoints the group already has here.")
+    @click.option(
+        "--force",
+        is_flag=True,
+        help="Overwrite checkpoints the group already has here.",
+    )
     @_change_options
     def import_(source: Any, force: bool, yes: bool, dry_run: bool, **kw: Any) -> None:
         """Write the checkpoints of an export into the group (``-`` for stdin).
@@ -252,14 +338,25 @@ def _add_import(group: click.Group, options: Options, load: Loader) -> None:
         with _opened(load, _args(kw)) as ctx:
             existing = ctx.store.read(ctx.group)
             if existing and not force:
-                _fail(f"group {ctx.group!r} already has {len(existing)} checkpoint(s) "
-                      f"here; pass --force to overwrite them")
+                _fail(
+                    f"group {ctx.group!r} already has {len(existing)} checkpoint(s) "
+                    f"here; pass --force to overwrite them"
+                )
             click.echo(f"group {ctx.group}: importing {len(rows)} checkpoint(s)")
-            click.echo(format_table([{"topic": tp.topic, "partition": tp.partition,
-                                      "checkpoint": fields.get("offset"),
-                                      "epoch": fields.get("epoch")}
-                                     for tp, fields in sorted(rows.items())],
-                                    ["topic", "partition", "checkpoint", "epoch"]))
+            click.echo(
+                format_table(
+                    [
+                        {
+                            "topic": tp.topic,
+                            "partition": tp.partition,
+                            "checkpoint": fields.get("offset"),
+                            "epoch": fields.get("epoch"),
+                        }
+                        for tp, fields in sorted(rows.items())
+                    ],
+                    ["topic", "partition", "checkpoint", "epoch"],
+                )
+            )
             if dry_run:
                 click.echo("dry run: nothing changed")
                 return
@@ -271,8 +368,11 @@ def _add_import(group: click.Group, options: Options, load: Loader) -> None:
 def _add_delete(group: click.Group, options: Options, load: Loader) -> None:
     @group.command("delete")
     @options
-    @click.option("--force", is_flag=True,
-                  help="Delete even though a partition has a current owner.")
+    @click.option(
+        "--force",
+        is_flag=True,
+        help="Delete even though a partition has a current owner.",
+    )
     @_change_options
     def delete(force: bool, yes: bool, dry_run: bool, **kw: Any) -> None:
         """Delete every checkpoint and the history of a group that is gone.
@@ -285,10 +385,14 @@ def _add_delete(group: click.Group, options: Options, load: Loader) -> None:
             holders = owned(found)
             if holders and not force:
                 who = ", ".join(f"{cp.topic_partition}: {cp.owner}" for cp in holders)
-                _fail(f"group {ctx.group!r} has partitions with a current owner "
-                      f"({who}); stop it first, or pass --force")
-            click.echo(f"group {ctx.group}: deleting {len(found)} checkpoint(s) and "
-                       f"the history")
+                _fail(
+                    f"group {ctx.group!r} has partitions with a current owner "
+                    f"({who}); stop it first, or pass --force"
+                )
+            click.echo(
+                f"group {ctx.group}: deleting {len(found)} checkpoint(s) and "
+                f"the history"
+            )
             if dry_run:
                 click.echo("dry run: nothing changed")
                 return
@@ -298,15 +402,23 @@ def _add_delete(group: click.Group, options: Options, load: Loader) -> None:
 
 
 def _args(kw: dict[str, Any]) -> tuple[Any, ...]:
-    return (kw["config_path"], kw["bootstrap_servers"], kw["group"], kw["redis_url"],
-            kw["key_prefix"], kw["settings"])
+    return (
+        kw["config_path"],
+        kw["bootstrap_servers"],
+        kw["group"],
+        kw["redis_url"],
+        kw["key_prefix"],
+        kw["settings"],
+    )
 
 
 def _change_options(func: Callable[..., Any]) -> Callable[..., Any]:
-    func = click.option("--dry-run", is_flag=True,
-                        help="Show what would change and change nothing.")(func)
-    return click.option("--yes", "-y", is_flag=True,
-                        help="Do not ask for confirmation.")(func)
+    func = click.option(
+        "--dry-run", is_flag=True, help="Show what would change and change nothing."
+    )(func)
+    return click.option(
+        "--yes", "-y", is_flag=True, help="Do not ask for confirmation."
+    )(func)
 
 
 def _parse_time(text: str) -> datetime:
@@ -327,5 +439,6 @@ def _change(ctx: _Context, changes: list[Change], *, yes: bool, dry_run: bool) -
         return
     _confirm("Apply these changes?", yes)
     done = apply_changes(ctx.store, ctx.group, changes, operator_name())
-    click.echo(f"set {len(done)} checkpoint(s); running owners adopt them at their "
-               f"next commit")
+    click.echo(
+        f"set {len(done)} checkpoint(s); running owners adopt them at their next commit"
+    )

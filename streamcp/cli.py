@@ -36,14 +36,23 @@ from streamcp.store import Checkpoint
 
 def _config_options(func: Callable[..., Any]) -> Callable[..., Any]:
     options = [
-        click.option("--config", "config_path", type=click.Path(path_type=Path),
-                     help="TOML configuration file."),
+        click.option(
+            "--config",
+            "config_path",
+            type=click.Path(path_type=Path),
+            help="TOML configuration file.",
+        ),
         click.option("--bootstrap-servers", help="Kafka bootstrap servers."),
         click.option("--group", help="Consumer group id (kafka.group_id)."),
         click.option("--redis-url", help="Redis URL of the checkpoint store."),
         click.option("--key-prefix", help="Redis key prefix (redis.key_prefix)."),
-        click.option("--set", "settings", multiple=True, metavar="FIELD=VALUE",
-                     help="Override any field, e.g. --set commit.every_events=100."),
+        click.option(
+            "--set",
+            "settings",
+            multiple=True,
+            metavar="FIELD=VALUE",
+            help="Override any field, e.g. --set commit.every_events=100.",
+        ),
     ]
     for option in reversed(options):
         func = option(func)
@@ -63,11 +72,18 @@ class ConfigArgs:
 
     def values(
         self,
-    ) -> tuple[Path | None, str | None, str | None, str | None, str | None,
-               tuple[str, ...]]:
+    ) -> tuple[
+        Path | None, str | None, str | None, str | None, str | None, tuple[str, ...]
+    ]:
         """The values in the order of the options (and of ``_load``)."""
-        return (self.path, self.bootstrap_servers, self.group, self.redis_url,
-                self.key_prefix, self.settings)
+        return (
+            self.path,
+            self.bootstrap_servers,
+            self.group,
+            self.redis_url,
+            self.key_prefix,
+            self.settings,
+        )
 
 
 def _with_config_args(func: Callable[..., Any]) -> Callable[..., Any]:
@@ -84,8 +100,9 @@ def _with_config_args(func: Callable[..., Any]) -> Callable[..., Any]:
         settings: tuple[str, ...],
         **kw: Any,
     ) -> Any:
-        args = ConfigArgs(config_path, bootstrap_servers, group, redis_url,
-                          key_prefix, settings)
+        args = ConfigArgs(
+            config_path, bootstrap_servers, group, redis_url, key_prefix, settings
+        )
         return func(config_args=args, **kw)
 
     return _config_options(command)
@@ -101,9 +118,12 @@ def _load(
     extra: dict[str, Any] | None = None,
 ) -> Config:
     overrides: dict[str, Any] = dict(extra or {})
-    for flag, dotted in ((bootstrap_servers, "kafka.bootstrap_servers"),
-                         (group, "kafka.group_id"), (redis_url, "redis.url"),
-                         (key_prefix, "redis.key_prefix")):
+    for flag, dotted in (
+        (bootstrap_servers, "kafka.bootstrap_servers"),
+        (group, "kafka.group_id"),
+        (redis_url, "redis.url"),
+        (key_prefix, "redis.key_prefix"),
+    ):
         if flag is not None:
             overrides[dotted] = flag
     for setting in settings:
@@ -142,12 +162,18 @@ def freeze_startup_objects() -> None:
 @_with_config_args
 @click.option("--topic", "topics", multiple=True, help="Topic to consume (repeatable).")
 @click.option("--handler", "handler_name", help="Handler: entry point or module:attr.")
-@click.option("--stop-when-caught-up", is_flag=True,
-              help="Stop gracefully once every assigned partition is committed "
-                   "up to its high watermark.")
-@click.option("--retry-paused", is_flag=True,
-              help="Lift the pause of partitions that stopped at a failed event "
-                   "when they are assigned, and retry that event.")
+@click.option(
+    "--stop-when-caught-up",
+    is_flag=True,
+    help="Stop gracefully once every assigned partition is committed "
+    "up to its high watermark.",
+)
+@click.option(
+    "--retry-paused",
+    is_flag=True,
+    help="Lift the pause of partitions that stopped at a failed event "
+    "when they are assigned, and retry that event.",
+)
 @click.option("--log-level", type=click.Choice(["debug", "info", "warning", "error"]))
 def run(
     config_args: ConfigArgs,
@@ -168,6 +194,7 @@ def run(
     from streamcp.admin import credentials_refused
     from streamcp.router import HandlerRouter
     from streamcp.service import Service
+    from streamcp.source import check_properties
 
     extra: dict[str, Any] = {}
     if topics:
@@ -179,6 +206,7 @@ def run(
     try:
         config = _load(*config_args.values(), extra)
         router = HandlerRouter.from_config(config)
+        check_properties(config.kafka, config.consumer.start_policy)
     except ConfigError as exc:
         _config_error(exc)
     configure_logging(config.log.level, config.log.format)
@@ -186,12 +214,17 @@ def run(
     refused = credentials_refused(store)
     if refused is not None:
         store.close()
-        click.echo(f"streamcp: redis at {redact_url(config.redis.url)} {refused}",
-                   err=True)
+        click.echo(
+            f"streamcp: redis at {redact_url(config.redis.url)} {refused}", err=True
+        )
         sys.exit(EXIT_FAILURE)
-    service = Service(config, store=store, router=router,
-                      stop_when_caught_up=stop_when_caught_up,
-                      retry_paused=retry_paused)
+    service = Service(
+        config,
+        store=store,
+        router=router,
+        stop_when_caught_up=stop_when_caught_up,
+        retry_paused=retry_paused,
+    )
     stop_on_signals(service.request_stop)
     freeze_startup_objects()
     status = service.run()
@@ -218,28 +251,52 @@ def checkpoints_show(
         found = store.read(config.kafka.group_id)
     rows = [checkpoint_row(cp) for cp in found.values()]
     if as_json:
-        click.echo(json.dumps({"group": config.kafka.group_id, "checkpoints": rows},
-                              indent=2))
+        click.echo(
+            json.dumps({"group": config.kafka.group_id, "checkpoints": rows}, indent=2)
+        )
         return
     click.echo(f"group {config.kafka.group_id}: {len(rows)} partition(s)")
-    click.echo(format_table(rows, ["topic", "partition", "checkpoint", "epoch",
-                                   "owner", "committed_at", "committed_by", "events",
-                                   "paused"]))
+    click.echo(
+        format_table(
+            rows,
+            [
+                "topic",
+                "partition",
+                "checkpoint",
+                "epoch",
+                "owner",
+                "committed_at",
+                "committed_by",
+                "events",
+                "paused",
+            ],
+        )
+    )
     for row in rows:
         if row["paused"]:
-            click.echo(f"paused: {row['topic']}[{row['partition']}] at offset "
-                       f"{row['paused_offset']}: {row['paused_reason']}")
+            click.echo(
+                f"paused: {row['topic']}[{row['partition']}] at offset "
+                f"{row['paused_offset']}: {row['paused_reason']}"
+            )
 
 
 @checkpoints.command("resume")
 @_with_config_args
 @click.option("--topic", required=True, help="Topic of the paused partition.")
-@click.option("--partition", "partitions", type=int, multiple=True, required=True,
-              help="Partition to resume (repeatable).")
+@click.option(
+    "--partition",
+    "partitions",
+    type=int,
+    multiple=True,
+    required=True,
+    help="Partition to resume (repeatable).",
+)
+@click.option("--yes", is_flag=True, help="Do not ask for confirmation.")
 def checkpoints_resume(
     config_args: ConfigArgs,
     topic: str,
     partitions: tuple[int, ...],
+    yes: bool,
 ) -> None:
     """Lift the pause of partitions stopped at a failed event.
 
@@ -251,6 +308,13 @@ def checkpoints_resume(
 
     by = f"{getpass.getuser()}@{socket.gethostname()}"
     status = 0
+    listed = ", ".join(str(p) for p in partitions)
+    if not yes:
+        click.confirm(
+            f"Resume {topic} partition(s) {listed}: their owner retries the "
+            f"failed event?",
+            abort=True,
+        )
     with _store_command(config_args) as (config, store):
         for partition in partitions:
             tp = TopicPartition(topic, partition)
@@ -296,8 +360,11 @@ def checkpoint_row(cp: Checkpoint) -> dict[str, Any]:
         "epoch": cp.epoch,
         "owner": cp.owner,
         "committed_at": cp.committed_at.isoformat() if cp.committed_at else None,
-        "committed_by": (f"{cp.committed_by_host}/{cp.committed_by_pid}/"
-                         f"{cp.committed_by_member}" if cp.committed_by_host else ""),
+        "committed_by": (
+            f"{cp.committed_by_host}/{cp.committed_by_pid}/{cp.committed_by_member}"
+            if cp.committed_by_host
+            else ""
+        ),
         "events": cp.events,
         "operator_change": cp.operator_change,
         "paused": cp.paused,
@@ -332,8 +399,11 @@ def handlers_list() -> None:
 
 @main.command("new-handler")
 @click.argument("name")
-@click.option("--directory", type=click.Path(path_type=Path, file_okay=False),
-              help="Where to write the package (default: ./NAME).")
+@click.option(
+    "--directory",
+    type=click.Path(path_type=Path, file_okay=False),
+    help="Where to write the package (default: ./NAME).",
+)
 def new_handler(name: str, directory: Path | None) -> None:
     """Create the package of a new handler plugin NAME, with its tests."""
     from streamcp.scaffold import create_handler_package
@@ -342,25 +412,33 @@ def new_handler(name: str, directory: Path | None) -> None:
         made = create_handler_package(name, directory)
     except ValueError as exc:
         raise click.UsageError(str(exc)) from exc
-    click.echo(f"created handler {made.name!r} ({made.package}.handler:"
-               f"{made.class_name}) in {made.directory}")
-    click.echo(f"next: pip install -e '{made.directory}[test]' && "
-               f"pytest {made.directory}")
+    click.echo(
+        f"created handler {made.name!r} ({made.package}.handler:"
+        f"{made.class_name}) in {made.directory}"
+    )
+    click.echo(
+        f"next: pip install -e '{made.directory}[test]' && pytest {made.directory}"
+    )
 
 
 @main.command()
 @click.option("--bootstrap-servers", help="Use this broker instead of starting one.")
 @click.option("--redis-url", help="Use this Redis instead of starting one.")
-@click.option("--workdir", type=click.Path(path_type=Path),
-              default=Path(".streamcp/demo"), show_default=True,
-              help="Where local services keep their files.")
+@click.option(
+    "--workdir",
+    type=click.Path(path_type=Path),
+    default=Path(".streamcp/demo"),
+    show_default=True,
+    help="Where local services keep their files.",
+)
 def demo(bootstrap_servers: str | None, redis_url: str | None, workdir: Path) -> None:
     """Run the example on real Wikimedia events, stopping and resuming midway."""
     from streamcp.demo import run_demo
 
     try:
-        status = run_demo(bootstrap_servers=bootstrap_servers, redis_url=redis_url,
-                          workdir=workdir)
+        status = run_demo(
+            bootstrap_servers=bootstrap_servers, redis_url=redis_url, workdir=workdir
+        )
     except StreamcpError as exc:
         click.echo(f"streamcp demo: {exc}", err=True)
         sys.exit(EXIT_FAILURE)

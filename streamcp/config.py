@@ -13,6 +13,7 @@ they parse (``10``, ``true``, ``["a", "b"]``) and taken as strings otherwise.
 
 from __future__ import annotations
 
+import math
 import os
 import re
 import tomllib
@@ -29,6 +30,7 @@ Ordering = Literal["partition", "key"]
 StoreLossPolicy = Literal["fail", "recover_from_kafka"]
 
 ENV_PREFIX = "STREAMCP_"
+TOPIC_NAME = re.compile(r"[A-Za-z0-9._-]{1,249}")
 
 # librdkafka properties streamcp owns: a user setting them would break the
 # only-after-success rule or the consumer loop's bookkeeping.
@@ -97,6 +99,11 @@ class KafkaConfig:
         )
         for topic in self.topics:
             _check_type(topic, (str,), "kafka.topics")
+            _require(
+                bool(TOPIC_NAME.fullmatch(topic)) and topic not in (".", ".."),
+                "kafka.topics",
+                f"{topic!r} is not a Kafka topic name (1 to 249 of a-z A-Z 0-9 . _ -)",
+            )
         _require(
             bool(self.topics) != (self.topic_pattern is not None),
             "kafka.topics",
@@ -231,9 +238,9 @@ class CommitConfig:
         )
         _check_type(self.every_seconds, (int, float), "commit.every_seconds")
         _require(
-            self.every_seconds >= 0,
+            self.every_seconds >= 0 and math.isfinite(self.every_seconds),
             "commit.every_seconds",
-            f"must be 0 (off) or positive, got {self.every_seconds!r}",
+            f"must be 0 (off) or a positive finite number, got {self.every_seconds!r}",
         )
         _require(
             self.every_events > 0 or self.every_seconds > 0,
@@ -412,14 +419,27 @@ def _check_choice(value: Any, choices: tuple[str, ...], name: str) -> None:
     )
 
 
+# No count or size streamcp takes is anywhere near this; a larger value is a
+# typo, and librdkafka and Redis would refuse it later with less clarity.
+MAX_INT = 2**31 - 1
+
+
 def _check_positive_int(value: Any, name: str) -> None:
     _check_type(value, (int,), name)
-    _require(value > 0, name, f"must be positive, got {value!r}")
+    _require(
+        0 < value <= MAX_INT,
+        name,
+        f"must be positive and at most {MAX_INT}, got {value!r}",
+    )
 
 
 def _check_positive_number(value: Any, name: str) -> None:
     _check_type(value, (int, float), name)
-    _require(value > 0, name, f"must be positive, got {value!r}")
+    _require(
+        value > 0 and math.isfinite(value),
+        name,
+        f"must be a positive finite number, got {value!r}",
+    )
 
 
 _SECTIONS: dict[str, type[Any]] = {
@@ -463,6 +483,14 @@ def _read_file(path: Path) -> dict[str, Any]:
         raise ConfigError(
             "--config", f"{str(path)!r} is not valid TOML: {exc}"
         ) from exc
+    except UnicodeDecodeError as exc:
+        raise ConfigError(
+            "--config", f"{str(path)!r} is not UTF-8 text: {exc}"
+        ) from exc
+    except OSError as exc:
+        raise ConfigError(
+            "--config", f"cannot read {str(path)!r}: {exc.strerror or exc}"
+        ) from exc
 
 
 def _env_overrides(environ: Mapping[str, str]) -> dict[str, Any]:
@@ -471,8 +499,13 @@ def _env_overrides(environ: Mapping[str, str]) -> dict[str, Any]:
         if not name.startswith(ENV_PREFIX) or "__" not in name:
             continue
         dotted = name[len(ENV_PREFIX) :].lower().replace("__", ".")
-        if dotted.split(".")[0] not in (*_SECTIONS, "handler"):
-            continue
+        section = dotted.split(".")[0]
+        if section not in (*_SECTIONS, "handler", "handlers"):
+            raise ConfigError(
+                name,
+                f"unknown section {section!r}; expected one of "
+                f"{', '.join(sorted((*_SECTIONS, 'handler')))}",
+            )
         found[dotted] = parse_value(text)
     return found
 

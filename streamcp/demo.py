@@ -274,6 +274,9 @@ redis_url = {q(self.redis_url)}
 key_prefix = {q(self.stats_prefix)}
 delay_ms = {FIRST_RUN_DELAY_MS}
 """)
+        # The file may hold a Redis password given on the command line.
+        self.config_path.chmod(0o600)
+
         heading("The service's configuration")
         say(f"Config file: {self.config_path}")
         say(

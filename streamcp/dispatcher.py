@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import concurrent.futures
 import heapq
+import queue
 import threading
 import time
 import zlib
@@ -88,6 +89,7 @@ class Dispatcher:
         self._cond = threading.Condition()
         self._closing = False
         self.finished_counts = [0] * concurrency
+        self.crashed: BaseException | None = None
         self.failed: deque[Unit] = deque()
         # Told how long each run of a unit took (on the worker's thread):
         # the handler-duration metric, per unit rather than per event.
@@ -173,20 +175,19 @@ class Dispatcher:
         return not any(thread.is_alive() for thread in self._threads)
 
     def _work(self, index: int) -> None:
-        executor: concurrent.futures.ThreadPoolExecutor | None = None
+        caller = Caller(f"streamcp-call-{index}")
         try:
             while True:
                 lane = self._next_lane()
                 if lane is None:
                     return
-                if executor is None:
-                    executor = concurrent.futures.ThreadPoolExecutor(
-                        max_workers=1, thread_name_prefix=f"streamcp-call-{index}"
-                    )
-                self._drain(lane, index, executor)
-        finally:
-            if executor is not None:
-                executor.shutdown(wait=False)
+                self._drain(lane, index, caller)
+        except BaseException as exc:
+            # A worker that dies would leave its lanes unserved while the
+            # loop looks healthy: record it, so that the service stops.
+            self.crashed = exc
+            log.error("dispatcher.worker_died", worker=index, error=repr(exc))
+            raise
 
     def _next_lane(self) -> _Lane | None:
         with self._cond:
@@ -202,9 +203,7 @@ class Dispatcher:
                 wait = self._delayed[0][0] - now if self._delayed else None
                 self._cond.wait(wait)
 
-    def _drain(
-        self, lane: _Lane, index: int, executor: concurrent.futures.ThreadPoolExecutor
-    ) -> None:
+    def _drain(self, lane: _Lane, index: int, executor: Caller) -> None:
         while True:
             with self._cond:
                 if not lane.units or self._closing:
@@ -244,7 +243,10 @@ class Dispatcher:
                 # than when the commit releases the unit.
                 unit.events = ()
             with self._cond:
-                lane.units.popleft()
+                # discard() may have emptied the lane while the unit ran, and
+                # a newer unit may stand at the front since: pop only this one.
+                if lane.units and lane.units[0][1] is unit:
+                    lane.units.popleft()
                 if outcome is Outcome.FAILED:
                     lane.failed_generation = unit.generation
                     self.failed.append(unit)
@@ -309,7 +311,7 @@ def _attempt(
                 if decode is not None:
                     decode(event)
                 if timed:
-                    _call_with_timeout(handle, event, policy, executor, event)
+                    _call_with_timeout(handle, event, policy, executor, event, unit)
                 else:
                     handle(event)
                 done += 1
@@ -336,7 +338,7 @@ def _attempt_batch(
             for event in batch:
                 decode(event)
         call = _call_with_timeout if timed else _call
-        call(handler.handle_batch, batch, policy, executor, batch[0])
+        call(handler.handle_batch, batch, policy, executor, batch[0], unit)
     except BatchFailed as exc:
         unit.done = start + _index_of(batch, exc.offset)
         unit.attempts = 0 if unit.done > start else unit.attempts
@@ -352,12 +354,54 @@ def _call(function: Any, argument: Any, *_: Any) -> None:
     function(argument)
 
 
+class Caller(concurrent.futures.Executor):
+    """Runs one call at a time on a daemon thread of its own.
+
+    A handler call that never returns must not keep the process alive after
+    shutdown, which a pool's non-daemon threads would.
+    """
+
+    def __init__(self, name: str) -> None:
+        self._requests: queue.SimpleQueue[
+            tuple[concurrent.futures.Future[Any], Callable[..., Any], tuple[Any, ...]]
+        ] = queue.SimpleQueue()
+        self._name = name
+        self._thread: threading.Thread | None = None
+
+    def submit(  # type: ignore[override]  # positional arguments only
+        self, fn: Callable[..., Any], /, *args: Any
+    ) -> concurrent.futures.Future[Any]:
+        if self._thread is None:
+            self._thread = threading.Thread(
+                target=self._serve, name=self._name, daemon=True
+            )
+            self._thread.start()
+        future: concurrent.futures.Future[Any] = concurrent.futures.Future()
+        self._requests.put((future, fn, args))
+        return future
+
+    def _serve(self) -> None:
+        while True:
+            future, fn, args = self._requests.get()
+            if not future.set_running_or_notify_cancel():
+                continue
+            try:
+                future.set_result(fn(*args))
+            except BaseException as exc:  # noqa: BLE001  # handed to the waiter
+                future.set_exception(exc)
+
+
+# While an abandoned call keeps running, say so this often.
+STILL_RUNNING_LOG_S = 30.0
+
+
 def _call_with_timeout(
     function: Any,
     argument: Any,
     policy: FailurePolicy,
     executor: concurrent.futures.Executor | None,
     event: Event,
+    unit: Unit | None = None,
 ) -> None:
     assert executor is not None and policy.timeout_s is not None
     future = executor.submit(function, argument)
@@ -365,15 +409,23 @@ def _call_with_timeout(
         future.result(timeout=policy.timeout_s)
     except concurrent.futures.TimeoutError:
         # The call is abandoned: its late result is ignored, and the next
-        # attempt starts only once it has returned.
-        log.warning(
-            "handler.timed_out",
-            topic=event.topic,
-            partition=event.partition,
-            offset=event.offset,
-            timeout_s=policy.timeout_s,
-        )
-        concurrent.futures.wait([future])
+        # attempt starts only once it has returned (or the unit is given up
+        # on by shutdown or revocation).
+        context = {
+            "topic": event.topic,
+            "partition": event.partition,
+            "offset": event.offset,
+            "timeout_s": policy.timeout_s,
+        }
+        log.warning("handler.timed_out", **context)
+        waited = 0.0
+        while not future.done():
+            concurrent.futures.wait([future], timeout=0.5)
+            waited += 0.5
+            if unit is not None and unit.cancelled:
+                break
+            if waited % STILL_RUNNING_LOG_S == 0 and not future.done():
+                log.warning("handler.still_running", waited_s=waited, **context)
         raise HandlerTimeout(
             event.topic,
             event.partition,

@@ -157,7 +157,14 @@ def parse_time(text: str, option: str) -> datetime:
         ) from exc
     if parsed.tzinfo is None:
         parsed = parsed.replace(tzinfo=UTC)
+    if parsed < EPOCH:
+        # Record timestamps start at the epoch; -1 would even mean "latest"
+        # to the broker's time lookup.
+        raise RequestRefused(option, f"before 1970-01-01T00:00:00Z, got {text!r}")
     return parsed
+
+
+EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 
 
 def to_millis(moment: datetime) -> int:

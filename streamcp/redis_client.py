@@ -22,7 +22,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field, replace
 from typing import Any, Literal
-from urllib.parse import parse_qs, unquote
+from urllib.parse import parse_qs, unquote, urlsplit
 
 import redis
 import redis.cluster
@@ -66,6 +66,9 @@ def parse_redis_url(url: str) -> RedisUrl:
         raise ValueError("expected a URL such as redis://host:6379/0")
     base, plus, topology = scheme.partition("+")
     if not plus:
+        if base != "unix":
+            # Reading the port checks it, and the brackets of an IPv6 host.
+            _ = urlsplit(url).port
         return RedisUrl(url=url, topology="server")
     if base not in ("redis", "rediss") or topology not in _DEFAULT_PORTS:
         raise ValueError(f"unknown scheme {scheme + '://'!r}")
@@ -80,14 +83,17 @@ def parse_redis_url(url: str) -> RedisUrl:
         addresses=_addresses(hosts, _DEFAULT_PORTS[topology]),
         auth=_auth(credentials) if at else {},
         sentinel_password=query["sentinel_password"][-1]
-        if "sentinel_password" in query else None,
+        if "sentinel_password" in query
+        else None,
     )
     if parsed.topology == "cluster":
         return parsed
     name, _, db = path.strip("/").partition("/")
     if not name:
-        raise ValueError("a redis+sentinel:// URL names the primary after the "
-                         "addresses: redis+sentinel://host:26379/<name>[/db]")
+        raise ValueError(
+            "a redis+sentinel:// URL names the primary after the "
+            "addresses: redis+sentinel://host:26379/<name>[/db]"
+        )
     if db and not db.isdigit():
         raise ValueError(f"the database must be a number, got {db!r}")
     return replace(parsed, primary_name=unquote(name), db=int(db or 0))
@@ -114,8 +120,9 @@ def redis_client(
             redis.cluster.ClusterNode(host, port)  # type: ignore[no-untyped-call]  # redis-py leaves it unannotated
             for host, port in parsed.addresses
         ]
-        return redis.cluster.RedisCluster(startup_nodes=nodes, ssl=parsed.tls,
-                                          **parsed.auth, **options)
+        return redis.cluster.RedisCluster(
+            startup_nodes=nodes, ssl=parsed.tls, **parsed.auth, **options
+        )
     if parsed.topology == "sentinel":
         return _primary(parsed, options)
     return redis.Redis.from_url(url, **options)
@@ -123,15 +130,18 @@ def redis_client(
 
 def _primary(parsed: RedisUrl, options: dict[str, Any]) -> redis.Redis:
     sentinel_options: dict[str, Any] = {
-        key: value for key, value in options.items() if key.startswith("socket_")}
+        key: value for key, value in options.items() if key.startswith("socket_")
+    }
     if parsed.sentinel_password is not None:
         sentinel_options["password"] = parsed.sentinel_password
     if parsed.tls:
         sentinel_options["ssl"] = True
     sentinel = redis.sentinel.Sentinel(
-        list(parsed.addresses), sentinel_kwargs=sentinel_options, **options)
+        list(parsed.addresses), sentinel_kwargs=sentinel_options, **options
+    )
     client: redis.Redis = sentinel.master_for(
-        parsed.primary_name, db=parsed.db, ssl=parsed.tls, **parsed.auth)
+        parsed.primary_name, db=parsed.db, ssl=parsed.tls, **parsed.auth
+    )
     return client
 
 

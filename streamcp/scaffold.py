@@ -9,8 +9,10 @@ passes its own tests as written. The templates are package data under
 
 from __future__ import annotations
 
+import importlib.util
 import keyword
 import re
+import sys
 from dataclasses import dataclass
 from importlib import metadata, resources
 from pathlib import Path
@@ -71,8 +73,14 @@ def _check_name(name: str) -> None:
             f"handler name {name!r} must be lower-case letters and digits, "
             f"words joined by '-' or '_', starting with a letter"
         )
-    if keyword.iskeyword(name.replace("-", "_")):
+    package = name.replace("-", "_")
+    if keyword.iskeyword(package):
         raise ValueError(f"handler name {name!r} is a Python keyword")
+    if package in sys.stdlib_module_names or importlib.util.find_spec(package):
+        raise ValueError(
+            f"handler name {name!r} would install a package {package!r} that "
+            f"shadows an existing module; choose another name"
+        )
 
 
 def _values(name: str) -> dict[str, str]:

@@ -7,7 +7,8 @@ bound. Rebalance callbacks run inside the poll, on this same thread.
 
 Exit status of :meth:`Service.run`: 0 after a graceful stop (SIGTERM,
 SIGINT, :meth:`Service.request_stop`, or catching up when asked to), 1 when
-a handler failed or the service could not go on; in both cases the
+a handler failed or the service could not go on, 2 when librdkafka refused a
+property of the configuration (before connecting); in both cases the
 checkpoints of everything that succeeded were committed first, when Redis
 answered within the drain timeout.
 """
@@ -29,6 +30,7 @@ from streamcp.deadletter import dead_letters_for
 from streamcp.dispatcher import Dispatcher
 from streamcp.errors import (
     CheckpointStoreError,
+    ConfigError,
     DeadLetterFailed,
     HandlerFailed,
     ServiceError,
@@ -156,7 +158,18 @@ class Service:
             self._fail(exc)
             self._shutdown()
             return 1
-        self._consumer = self._consumer_factory(self._consumer_settings())
+        try:
+            self._consumer = self._consumer_factory(self._consumer_settings())
+        except confluent_kafka.KafkaException as exc:
+            # librdkafka refuses a property when the client is made, before
+            # it connects: a configuration error like any other.
+            self._fail(
+                ConfigError(
+                    "kafka.properties", str(exc.args[0].str() if exc.args else exc)
+                )
+            )
+            self._shutdown()
+            return 2
         self._consumer.subscribe(
             self._config.kafka.subscription(),
             on_assign=self._on_assign,
@@ -262,6 +275,11 @@ class Service:
     def _check_failures(self) -> None:
         dispatcher = self._dispatcher
         if dispatcher is None:
+            return
+        if dispatcher.crashed is not None:
+            self._fail(
+                ServiceError(f"a handler worker thread died: {dispatcher.crashed!r}")
+            )
             return
         while dispatcher.failed:
             unit = dispatcher.failed.popleft()
@@ -531,7 +549,8 @@ class Service:
         epochs = {
             tp: o.epoch
             for tp in parts
-            if (o := self._partitions.get(tp)) is not None and o.status == "active"
+            if (o := self._partitions.get(tp)) is not None
+            and o.status in ("active", "paused")
         }
         try:
             self._store.release(self._group, self._owner, epochs)
@@ -795,7 +814,9 @@ class Service:
         self._paused = wanted
 
     def _caught_up(self) -> bool:
-        if not self._ever_assigned or self._waiting():
+        # With no partition at all (lost, or not yet given back) there is
+        # nothing to have caught up on.
+        if not self._ever_assigned or self._waiting() or not self._partitions:
             return False
         active = [tp for tp, o in self._partitions.items() if o.status == "active"]
         for tp in active:

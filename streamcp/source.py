@@ -16,6 +16,7 @@ import structlog
 from confluent_kafka import KafkaError, KafkaException
 
 from streamcp.config import KafkaConfig, StartPolicy
+from streamcp.errors import ConfigError
 from streamcp.events import Event, TopicPartition
 
 RebalanceCallback = Callable[[list[TopicPartition]], None]
@@ -78,6 +79,23 @@ def consumer_settings(config: KafkaConfig, start_policy: StartPolicy) -> dict[st
     if config.group_instance_id:
         settings["group.instance.id"] = config.group_instance_id
     return settings
+
+
+def check_properties(config: KafkaConfig, start_policy: StartPolicy) -> None:
+    """Let librdkafka judge the settings without connecting anywhere.
+
+    A client made without bootstrap servers has no broker to reach; making
+    it is enough for librdkafka to refuse an unknown property or a bad
+    value. Raises :class:`~streamcp.errors.ConfigError` naming
+    ``kafka.properties``.
+    """
+    settings = consumer_settings(config, start_policy)
+    settings.pop("bootstrap.servers", None)
+    try:
+        confluent_kafka.Consumer(settings).close()
+    except KafkaException as exc:
+        reason = exc.args[0].str() if exc.args else str(exc)
+        raise ConfigError("kafka.properties", reason) from exc
 
 
 def to_kafka(

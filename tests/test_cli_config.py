@@ -115,6 +115,27 @@ BAD_CONFIGS = [
         ["--set", "kafka.topic_pattern=^wiki"], "kafka.topics", id="topics-and-pattern"
     ),
     pytest.param(["--group", "a{b}"], "kafka.group_id", id="group-with-hash-tag"),
+    pytest.param(
+        ["--set", "commit.every_seconds=inf"],
+        "commit.every_seconds",
+        id="infinite-seconds",
+    ),
+    pytest.param(
+        ["--set", "consumer.batch_size=99999999999999999999"],
+        "consumer.batch_size",
+        id="huge-batch",
+    ),
+    pytest.param(["--topic", "bad topic!"], "kafka.topics", id="bad-topic-name"),
+    pytest.param(
+        ["--redis-url", "redis://:pw@127.0.0.1:notaport/0"],
+        "redis.url",
+        id="bad-redis-port",
+    ),
+    pytest.param(
+        ["--set", "kafka.properties.'security.protocol'=BOGUS"],
+        "kafka.properties",
+        id="librdkafka-refuses-a-property",
+    ),
 ]
 
 

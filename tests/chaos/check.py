@@ -117,8 +117,10 @@ def _check_faults(run: RunRecords, report: Report) -> None:
     counts = {**run.fault_counts, "handler_failure": failed, "handler_slow": slow}
     for kind, minimum in run.minimum_counts.items():
         if counts.get(kind, 0) < max(minimum, 1):
-            report.fail(f"fault kind {kind!r} injected {counts.get(kind, 0)} "
-                        f"times, wanted at least {max(minimum, 1)}")
+            report.fail(
+                f"fault kind {kind!r} injected {counts.get(kind, 0)} "
+                f"times, wanted at least {max(minimum, 1)}"
+            )
     for episode in run.episodes:
         for problem in episode.problems:
             report.fail(f"{episode.kind} at {episode.started_at:.0f}: {problem}")
@@ -129,18 +131,27 @@ def _check_lost(run: RunRecords, handled: Sequence[Call], report: Report) -> Non
     lost = sorted(key for key in run.topic_records if key not in seen)
     in_topic = set(run.topic_records.values())
     never_written = sorted(set(run.acked_ids) - in_topic)
-    mismatched = [key for key, event_id in seen.items()
-                  if run.topic_records.get(key, event_id) != event_id]
+    mismatched = [
+        key
+        for key, event_id in seen.items()
+        if run.topic_records.get(key, event_id) != event_id
+    ]
     report.figures["lost events"] = len(lost) + len(never_written)
     if lost:
-        report.fail(f"{len(lost)} records of the topic never handled, "
-                    f"e.g. (partition, offset) {lost[:SAMPLE]}")
+        report.fail(
+            f"{len(lost)} records of the topic never handled, "
+            f"e.g. (partition, offset) {lost[:SAMPLE]}"
+        )
     if never_written:
-        report.fail(f"{len(never_written)} acknowledged event ids not in the "
-                    f"topic, e.g. {never_written[:SAMPLE]}")
+        report.fail(
+            f"{len(never_written)} acknowledged event ids not in the "
+            f"topic, e.g. {never_written[:SAMPLE]}"
+        )
     if mismatched:
-        report.fail(f"{len(mismatched)} handled events whose id differs from the "
-                    f"topic's record there, e.g. {mismatched[:SAMPLE]}")
+        report.fail(
+            f"{len(mismatched)} handled events whose id differs from the "
+            f"topic's record there, e.g. {mismatched[:SAMPLE]}"
+        )
 
 
 def _check_history(run: RunRecords, report: Report) -> None:
@@ -152,8 +163,10 @@ def _check_history(run: RunRecords, report: Report) -> None:
     for number, segment in enumerate(run.history_segments):
         entries += len(segment)
         if segment and segment[0].kind not in ("claim", "operator"):
-            report.fail(f"history segment {number} starts with a {segment[0].kind} "
-                        f"entry: the stream was trimmed, the audit is incomplete")
+            report.fail(
+                f"history segment {number} starts with a {segment[0].kind} "
+                f"entry: the stream was trimmed, the audit is incomplete"
+            )
         regressions += _restored_lower(segment, last)
         last = _final_offsets(segment, last)
         audit = _audit_segment(segment, after_loss=number > 0)
@@ -162,23 +175,31 @@ def _check_history(run: RunRecords, report: Report) -> None:
         into_empty += audit[2]
     report.figures["history entries read"] = entries
     report.figures["history segments (Redis lifetimes, groups)"] = len(
-        run.history_segments)
+        run.history_segments
+    )
     report.figures["checkpoint regressions"] = len(regressions)
     report.figures["stale commits accepted"] = len(stale)
     if regressions:
-        report.fail(f"{len(regressions)} commits lower than the checkpoint "
-                    f"before them, e.g. {_quote(regressions)}")
+        report.fail(
+            f"{len(regressions)} commits lower than the checkpoint "
+            f"before them, e.g. {_quote(regressions)}"
+        )
     if stale:
-        report.fail(f"{len(stale)} commits accepted from a consumer that did "
-                    f"not own the partition, e.g. {_quote(stale)}")
+        report.fail(
+            f"{len(stale)} commits accepted from a consumer that did "
+            f"not own the partition, e.g. {_quote(stale)}"
+        )
     if into_empty:
-        report.fail(f"{len(into_empty)} commits accepted into the emptied store "
-                    f"before the restore (silent reprocessing), e.g. "
-                    f"{_quote(into_empty)}")
+        report.fail(
+            f"{len(into_empty)} commits accepted into the emptied store "
+            f"before the restore (silent reprocessing), e.g. "
+            f"{_quote(into_empty)}"
+        )
 
 
-def _restored_lower(segment: Iterable[HistoryEntry],
-                    before: Mapping[TopicPartition, int | None]) -> list[HistoryEntry]:
+def _restored_lower(
+    segment: Iterable[HistoryEntry], before: Mapping[TopicPartition, int | None]
+) -> list[HistoryEntry]:
     """Restores (after a store loss or a move to a new group) that put a
     checkpoint lower than the last one of the previous history."""
     lower = []
@@ -191,9 +212,9 @@ def _restored_lower(segment: Iterable[HistoryEntry],
     return lower
 
 
-def _final_offsets(segment: Iterable[HistoryEntry],
-                   before: Mapping[TopicPartition, int | None]
-                   ) -> dict[TopicPartition, int | None]:
+def _final_offsets(
+    segment: Iterable[HistoryEntry], before: Mapping[TopicPartition, int | None]
+) -> dict[TopicPartition, int | None]:
     last = dict(before)
     for entry in segment:
         if entry.kind in ("commit", "operator"):
@@ -236,21 +257,25 @@ def _audit_segment(
 def _quote(entries: Sequence[HistoryEntry]) -> str:
     return "; ".join(
         f"{e.kind} {e.topic_partition} {e.previous_offset}->{e.offset} "
-        f"epoch {e.epoch} by {e.owner}" for e in entries[:SAMPLE])
+        f"epoch {e.epoch} by {e.owner}"
+        for e in entries[:SAMPLE]
+    )
 
 
 def _check_final(run: RunRecords, report: Report) -> None:
     final = {tp.partition: cp.offset for tp, cp in run.final_checkpoints.items()}
-    wrong = {p: (final.get(p), end) for p, end in run.ends.items()
-             if final.get(p) != end}
+    wrong = {
+        p: (final.get(p), end) for p, end in run.ends.items() if final.get(p) != end
+    }
     report.figures["final checkpoints equal the ends"] = not wrong
     if wrong:
-        report.fail(f"final checkpoints differ from the partitions' ends "
-                    f"(checkpoint, end): {wrong}")
+        report.fail(
+            f"final checkpoints differ from the partitions' ends "
+            f"(checkpoint, end): {wrong}"
+        )
 
 
-def _check_duplicates(run: RunRecords, handled: Sequence[Call],
-                      report: Report) -> None:
+def _check_duplicates(run: RunRecords, handled: Sequence[Call], report: Report) -> None:
     episodes = sorted(run.episodes, key=lambda e: e.started_at)
     bounds = [e.window_end for e in episodes]
     previous: dict[tuple[int, int], Call] = {}
@@ -273,30 +298,38 @@ def _check_duplicates(run: RunRecords, handled: Sequence[Call],
     for (window, pid), count in per_window.items():
         if window >= len(episodes):
             quiet += count
-            report.fail(f"{count} duplicates of events first handled by pid "
-                        f"{pid} after the last episode (only graceful stops then)")
+            report.fail(
+                f"{count} duplicates of events first handled by pid "
+                f"{pid} after the last episode (only graceful stops then)"
+            )
             continue
         episode = episodes[window]
         by_kind[episode.kind] += count
         per_episode[window] += count
         if episode.kind in GRACEFUL:
-            report.fail(f"{count} duplicates after a graceful hand-over "
-                        f"({episode.detail}), where the commit policy allows none")
+            report.fail(
+                f"{count} duplicates after a graceful hand-over "
+                f"({episode.detail}), where the commit policy allows none"
+            )
         elif count > bound:
-            report.fail(f"{count} duplicates from pid {pid} in one {episode.kind} "
-                        f"episode, over the bound of {bound}")
-    crash_counts = [per_episode[i] for i, e in enumerate(episodes)
-                    if e.kind in CRASHES]
+            report.fail(
+                f"{count} duplicates from pid {pid} in one {episode.kind} "
+                f"episode, over the bound of {bound}"
+            )
+    crash_counts = [per_episode[i] for i, e in enumerate(episodes) if e.kind in CRASHES]
     report.figures["duplicates (handled more than once)"] = total
     for kind in sorted(by_kind):
         report.figures[f"duplicates after {kind}"] = by_kind[kind]
     report.figures["max duplicates per crash"] = max(crash_counts, default=0)
     for kind in CRASHES:
-        worst = max((per_episode[i] for i, e in enumerate(episodes) if e.kind == kind),
-                    default=0)
+        worst = max(
+            (per_episode[i] for i, e in enumerate(episodes) if e.kind == kind),
+            default=0,
+        )
         report.figures[f"max duplicates per crash ({kind})"] = worst
     report.figures["mean duplicates per crash"] = (
-        round(sum(crash_counts) / len(crash_counts), 1) if crash_counts else 0)
+        round(sum(crash_counts) / len(crash_counts), 1) if crash_counts else 0
+    )
     report.figures["duplicates bound per instance and episode"] = bound
     report.figures["duplicates outside any episode"] = quiet
 
@@ -304,24 +337,33 @@ def _check_duplicates(run: RunRecords, handled: Sequence[Call],
 def _check_instances(run: RunRecords, report: Report) -> None:
     refused: Counter[str] = Counter()
     started_late = []
-    first_loss = min((e.started_at for e in run.episodes if e.kind == "store_loss"),
-                     default=None)
+    first_loss = min(
+        (e.started_at for e in run.episodes if e.kind == "store_loss"), default=None
+    )
     for instance in run.instances:
         for event in log_events(instance):
             if event.get("event") == "checkpoint.refused":
                 refused[str(event.get("reason"))] += 1
-            if (event.get("event") == "partition.started" and first_loss is not None
-                    and event["_at"] >= first_loss):
+            if (
+                event.get("event") == "partition.started"
+                and first_loss is not None
+                and event["_at"] >= first_loss
+            ):
                 started_late.append((instance.name, event.get("partition")))
         if instance.ending == "unexpected":
-            report.fail(f"{instance.name} (pid {instance.pid}) exited by itself "
-                        f"with status {instance.exit_code}")
+            report.fail(
+                f"{instance.name} (pid {instance.pid}) exited by itself "
+                f"with status {instance.exit_code}"
+            )
         if instance.ending in ("left", "stopped") and instance.exit_code != 0:
-            report.fail(f"{instance.name} stopped gracefully with status "
-                        f"{instance.exit_code}, not 0")
+            report.fail(
+                f"{instance.name} stopped gracefully with status "
+                f"{instance.exit_code}, not 0"
+            )
     report.figures["refused stale commits"] = sum(refused.values())
     report.figures["refused commits by reason"] = dict(sorted(refused.items()))
     report.figures["start policy applied after a store loss"] = len(started_late)
     if started_late:
-        report.fail(f"the start policy was applied after a store loss: "
-                    f"{started_late[:SAMPLE]}")
+        report.fail(
+            f"the start policy was applied after a store loss: {started_late[:SAMPLE]}"
+        )

@@ -108,16 +108,23 @@ class Producer:
     """Produces events with ids, one record per batch, round-robin over
     the partitions, in a thread, until stopped (or ``limit_s`` passed)."""
 
-    def __init__(self, bootstrap: str, topic: str, partitions: int,
-                 every_s: float, limit_s: float) -> None:
+    def __init__(
+        self,
+        bootstrap: str,
+        topic: str,
+        partitions: int,
+        every_s: float,
+        limit_s: float,
+    ) -> None:
         self._bootstrap = bootstrap
         self._topic = topic
         self._partitions = partitions
         self._every_s = every_s
         self._limit_s = limit_s
         self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, name="chaos-producer",
-                                        daemon=True)
+        self._thread = threading.Thread(
+            target=self._run, name="chaos-producer", daemon=True
+        )
         self.acked: list[str] = []
         self.unsure: list[str] = []
         self.errors: list[str] = []
@@ -150,8 +157,12 @@ class Producer:
 class Cluster:
     """The services and instances of one run; see the module docstring."""
 
-    def __init__(self, settings: ClusterSettings, workdir: Path,
-                 kafka: KafkaService | None = None) -> None:
+    def __init__(
+        self,
+        settings: ClusterSettings,
+        workdir: Path,
+        kafka: KafkaService | None = None,
+    ) -> None:
         """``kafka``: a broker to use instead of a private local one (it is
         not stopped at the end, and cannot be frozen)."""
         self.settings = settings
@@ -179,11 +190,16 @@ class Cluster:
         self.redis = provide_local_redis(self.workdir / "redis", appendonly=True)
         self.kafka.create_topic(self.topic, self.settings.partitions)
         self.store = RedisCheckpointStore.from_url(
-            self.redis.url, key_prefix=self.key_prefix)
+            self.redis.url, key_prefix=self.key_prefix
+        )
         write_config(self._config_path, self.raw_config())
-        self.producer = Producer(self.kafka.bootstrap_servers, self.topic,
-                                 self.settings.partitions,
-                                 self.settings.produce_every_s, produce_limit_s)
+        self.producer = Producer(
+            self.kafka.bootstrap_servers,
+            self.topic,
+            self.settings.partitions,
+            self.settings.produce_every_s,
+            produce_limit_s,
+        )
         self.producer.start()
         for _ in range(self.settings.instances):
             self.add_instance()
@@ -192,25 +208,42 @@ class Cluster:
         s = self.settings
         assert self.kafka is not None and self.redis is not None
         return {
-            "kafka": {"bootstrap_servers": self.kafka.bootstrap_servers,
-                      "group_id": self.group, "topics": [self.topic],
-                      "assignor": s.assignor,
-                      "session_timeout_ms": s.session_timeout_ms,
-                      "max_poll_interval_ms": s.max_poll_interval_ms},
-            "redis": {"url": self.redis.url, "key_prefix": self.key_prefix,
-                      "history_max_entries": HISTORY_MAX_ENTRIES},
-            "commit": {"every_events": s.commit_every_events,
-                       "every_seconds": s.commit_every_seconds},
-            "consumer": {"poll_timeout_s": 0.05, "batch_size": s.batch_size,
-                         "max_in_flight_events": s.max_in_flight_events,
-                         "drain_timeout_s": s.drain_timeout_s,
-                         "on_store_loss": "fail"},
-            "handler": {"name": HANDLER, "retry_attempts": s.retry_attempts,
-                        "retry_backoff_s": s.retry_backoff_s,
-                        "options": {"path": str(self.record_path), "seed": s.seed,
-                                    "fail_every": s.fail_every,
-                                    "slow_every": s.slow_every,
-                                    "slow_ms": s.slow_ms}},
+            "kafka": {
+                "bootstrap_servers": self.kafka.bootstrap_servers,
+                "group_id": self.group,
+                "topics": [self.topic],
+                "assignor": s.assignor,
+                "session_timeout_ms": s.session_timeout_ms,
+                "max_poll_interval_ms": s.max_poll_interval_ms,
+            },
+            "redis": {
+                "url": self.redis.url,
+                "key_prefix": self.key_prefix,
+                "history_max_entries": HISTORY_MAX_ENTRIES,
+            },
+            "commit": {
+                "every_events": s.commit_every_events,
+                "every_seconds": s.commit_every_seconds,
+            },
+            "consumer": {
+                "poll_timeout_s": 0.05,
+                "batch_size": s.batch_size,
+                "max_in_flight_events": s.max_in_flight_events,
+                "drain_timeout_s": s.drain_timeout_s,
+                "on_store_loss": "fail",
+            },
+            "handler": {
+                "name": HANDLER,
+                "retry_attempts": s.retry_attempts,
+                "retry_backoff_s": s.retry_backoff_s,
+                "options": {
+                    "path": str(self.record_path),
+                    "seed": s.seed,
+                    "fail_every": s.fail_every,
+                    "slow_every": s.slow_every,
+                    "slow_ms": s.slow_ms,
+                },
+            },
             "log": {"level": "info", "format": "json"},
             "metrics": {"enabled": False},
         }
@@ -351,8 +384,7 @@ class Cluster:
         return self.store.history(self.group, 0)
 
     def _read_archive(self, archive: Path) -> list[HistoryEntry]:
-        return self._with_archive(archive,
-                                  lambda store: store.history(self.group, 0))
+        return self._with_archive(archive, lambda store: store.history(self.group, 0))
 
     def _with_archive(self, archive: Path, read: Any) -> Any:
         server = provide_local_redis(self.workdir / "archive", appendonly=True)
@@ -362,8 +394,9 @@ class Cluster:
             shutil.rmtree(server.data_dir)
             shutil.copytree(archive, server.data_dir)
             server.start()
-            store = RedisCheckpointStore.from_url(server.url,
-                                                  key_prefix=self.key_prefix)
+            store = RedisCheckpointStore.from_url(
+                server.url, key_prefix=self.key_prefix
+            )
             try:
                 return read(store)
             finally:
@@ -376,10 +409,12 @@ class Cluster:
     def end_offsets(self) -> dict[int, int] | None:
         """Each partition's end (high watermark), ``None`` if not known."""
         assert self.kafka is not None
-        consumer = confluent_kafka.Consumer({
-            "bootstrap.servers": self.kafka.bootstrap_servers,
-            "group.id": f"chaos-ends-{uuid.uuid4().hex[:6]}",
-        })
+        consumer = confluent_kafka.Consumer(
+            {
+                "bootstrap.servers": self.kafka.bootstrap_servers,
+                "group.id": f"chaos-ends-{uuid.uuid4().hex[:6]}",
+            }
+        )
         try:
             ends = {}
             for p in range(self.settings.partitions):
@@ -392,24 +427,32 @@ class Cluster:
         finally:
             consumer.close()
 
-    def read_topic(self, timeout_s: float = 60.0) -> tuple[
-            dict[tuple[int, int], str], dict[int, int]]:
+    def read_topic(
+        self, timeout_s: float = 60.0
+    ) -> tuple[dict[tuple[int, int], str], dict[int, int]]:
         """Every record of the topic by (partition, offset), and the ends."""
         assert self.kafka is not None
-        consumer = confluent_kafka.Consumer({
-            "bootstrap.servers": self.kafka.bootstrap_servers,
-            "group.id": f"chaos-reader-{uuid.uuid4().hex[:6]}",
-            "enable.auto.commit": False,
-        })
+        consumer = confluent_kafka.Consumer(
+            {
+                "bootstrap.servers": self.kafka.bootstrap_servers,
+                "group.id": f"chaos-reader-{uuid.uuid4().hex[:6]}",
+                "enable.auto.commit": False,
+            }
+        )
         try:
             ends = {}
             for p in range(self.settings.partitions):
                 kafka_tp = confluent_kafka.TopicPartition(self.topic, p)
                 _, high = consumer.get_watermark_offsets(kafka_tp, timeout=10)
                 ends[p] = int(high)
-            consumer.assign([confluent_kafka.TopicPartition(
-                self.topic, p, confluent_kafka.OFFSET_BEGINNING)
-                for p in range(self.settings.partitions)])
+            consumer.assign(
+                [
+                    confluent_kafka.TopicPartition(
+                        self.topic, p, confluent_kafka.OFFSET_BEGINNING
+                    )
+                    for p in range(self.settings.partitions)
+                ]
+            )
             records: dict[tuple[int, int], str] = {}
             deadline = time.monotonic() + timeout_s
             wanted = sum(ends.values())

@@ -18,8 +18,16 @@ from typing import Any
 
 from tests.chaos.cluster import Cluster, Instance
 
-KINDS = ("kill", "rebalance", "zombie", "redis_outage", "redis_crash",
-         "store_loss", "broker_freeze", "kill_in_outage")
+KINDS = (
+    "kill",
+    "rebalance",
+    "zombie",
+    "redis_outage",
+    "redis_crash",
+    "store_loss",
+    "broker_freeze",
+    "kill_in_outage",
+)
 # Kinds whose hand-overs are graceful: the commit policy allows no
 # duplicate at all for them (revocation and shutdown commit first).
 GRACEFUL = ("rebalance",)
@@ -86,8 +94,11 @@ def _last_assignment_event(instance: Instance) -> dict[str, Any] | None:
 def _assigned(instance: Instance) -> bool:
     """The instance holds partitions now, by its own log."""
     last = _last_assignment_event(instance)
-    return (last is not None and last["event"] == "partition.assigned"
-            and bool(last.get("partitions")))
+    return (
+        last is not None
+        and last["event"] == "partition.assigned"
+        and bool(last.get("partitions"))
+    )
 
 
 def _assignment_changed(instance: Instance) -> float:
@@ -138,7 +149,8 @@ class Injector:
             time.sleep(0.2)
         episode.problems.append(
             f"did not settle within {SETTLE_TIMEOUT_S}s: not every partition "
-            f"was committed by a live owner after the episode")
+            f"was committed by a live owner after the episode"
+        )
 
     def unstall(self) -> bool:
         """Move the instances to a new consumer group when one has been
@@ -152,8 +164,11 @@ class Injector:
         copied over, and each move is counted and reported.
         """
         now = time.time()
-        stuck = [i for i in self.cluster.alive()
-                 if not _assigned(i) and now - _assignment_changed(i) >= STALL_S]
+        stuck = [
+            i
+            for i in self.cluster.alive()
+            if not _assigned(i) and now - _assignment_changed(i) >= STALL_S
+        ]
         if not stuck:
             return False
         self.cluster.move_to_new_group()
@@ -178,20 +193,26 @@ class Injector:
         for instance in self.cluster.reap():
             episode.problems.append(
                 f"instance {instance.name} (pid {instance.pid}) exited by itself "
-                f"with status {instance.exit_code}")
+                f"with status {instance.exit_code}"
+            )
         self.cluster.ensure(self.cluster.settings.instances)
 
-    def _await_assigned(self, instance: Instance, since: float,
-                        timeout_s: float = 30.0) -> None:
+    def _await_assigned(
+        self, instance: Instance, since: float, timeout_s: float = 30.0
+    ) -> None:
         self._await_all_assigned([instance], since, timeout_s)
 
-    def _await_all_assigned(self, instances: list[Instance], since: float,
-                            timeout_s: float = 30.0) -> None:
+    def _await_all_assigned(
+        self, instances: list[Instance], since: float, timeout_s: float = 30.0
+    ) -> None:
         deadline = time.monotonic() + timeout_s
         waiting = list(instances)
         while waiting and time.monotonic() < deadline:
-            waiting = [i for i in waiting
-                       if i.alive and not _saw(i, ("partition.assigned",), since)]
+            waiting = [
+                i
+                for i in waiting
+                if i.alive and not _saw(i, ("partition.assigned",), since)
+            ]
             time.sleep(0.2)
 
     def _await_stable(self, timeout_s: float) -> None:
@@ -229,7 +250,8 @@ class Injector:
         for _ in range(self.rng.randint(3, 5)):
             alive = self.cluster.alive()
             join = len(alive) <= low or (
-                len(alive) < settings.max_instances and self.rng.random() < 0.5)
+                len(alive) < settings.max_instances and self.rng.random() < 0.5
+            )
             if join:
                 fresh = self.cluster.add_instance()
                 actions.append(f"{fresh.name} joined")
@@ -247,11 +269,13 @@ class Injector:
                 self.leaves += 1
                 if leaver.exit_code != 0:
                     episode.problems.append(
-                        f"{leaver.name} left with status {leaver.exit_code}, not 0")
+                        f"{leaver.name} left with status {leaver.exit_code}, not 0"
+                    )
             time.sleep(self.rng.uniform(1.0, 3.0))
         episode.detail = ", ".join(actions)
-        self._await_all_assigned(self.cluster.alive(), episode.started_at,
-                                 timeout_s=10.0)
+        self._await_all_assigned(
+            self.cluster.alive(), episode.started_at, timeout_s=10.0
+        )
 
     def _zombie(self, episode: Episode) -> None:
         victim = self._busy_instance() or self.rng.choice(self.cluster.alive())
@@ -270,7 +294,8 @@ class Injector:
             time.sleep(0.2)
         episode.problems.append(
             f"zombie {victim.name} did not notice it lost its partitions "
-            f"within 20s of being resumed")
+            f"within 20s of being resumed"
+        )
 
     def _redis_outage(self, episode: Episode) -> None:
         redis = self.cluster.redis
@@ -332,31 +357,41 @@ class Injector:
         restored = cluster.restore_lost_checkpoints()
         fresh = [cluster.add_instance() for _ in range(cluster.settings.instances)]
         self._await_all_assigned(fresh, lost_at)
-        episode.detail = (f"{len(hit)} instances hit, {restored} checkpoints "
-                          f"restored, {len(fresh)} instances started")
+        episode.detail = (
+            f"{len(hit)} instances hit, {restored} checkpoints "
+            f"restored, {len(fresh)} instances started"
+        )
 
-    def _judge_store_loss_exit(self, episode: Episode, instance: Instance,
-                               lost_at: float) -> None:
+    def _judge_store_loss_exit(
+        self, episode: Episode, instance: Instance, lost_at: float
+    ) -> None:
         if instance.alive:
             instance.process.kill()
             instance.exit_code = None
             self.cluster.mark_ended(instance, "store_loss_ignored")
             episode.problems.append(
                 f"{instance.name} did not stop within {STORE_LOSS_STOP_S}s "
-                f"of the store loss")
+                f"of the store loss"
+            )
             return
         instance.exit_code = instance.process.wait(5)
         self.cluster.mark_ended(instance, "store_lost")
         if instance.exit_code != 1:
             episode.problems.append(
                 f"{instance.name} exited with status {instance.exit_code} after "
-                f"the store loss, not 1")
+                f"the store loss, not 1"
+            )
         if not _saw(instance, ("checkpoint.store_lost",), lost_at):
             episode.problems.append(
-                f"{instance.name} stopped without an error naming the store loss")
-        started = [e for e in log_events(instance, lost_at)
-                   if e.get("event") == "partition.started"]
+                f"{instance.name} stopped without an error naming the store loss"
+            )
+        started = [
+            e
+            for e in log_events(instance, lost_at)
+            if e.get("event") == "partition.started"
+        ]
         if started:
             episode.problems.append(
                 f"{instance.name} applied the start policy after the store "
-                f"loss: {started[0]}")
+                f"loss: {started[0]}"
+            )

@@ -47,8 +47,9 @@ class ChaosHandler:
         self._fd = -1
 
     def setup(self) -> None:
-        self._fd = os.open(self.options.path,
-                           os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+        self._fd = os.open(
+            self.options.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644
+        )
 
     def handle(self, event: Event) -> None:
         where = (event.partition, event.offset)
@@ -73,8 +74,10 @@ class ChaosHandler:
 
     def _write(self, kind: str, event: Event) -> None:
         value = (event.value or b"").decode(errors="replace") or "-"
-        line = (f"{kind} {time.time():.6f} {os.getpid()} {event.partition} "
-                f"{event.offset} {value}\n")
+        line = (
+            f"{kind} {time.time():.6f} {os.getpid()} {event.partition} "
+            f"{event.offset} {value}\n"
+        )
         os.write(self._fd, line.encode())
 
 
@@ -104,5 +107,4 @@ def read_calls(path: Path) -> Iterator[Call]:
             if len(parts) != 6:
                 continue
             kind, at, pid, partition, offset, event_id = parts
-            yield Call(kind, float(at), int(pid), int(partition), int(offset),
-                       event_id)
+            yield Call(kind, float(at), int(pid), int(partition), int(offset), event_id)

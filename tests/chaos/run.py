@@ -29,13 +29,25 @@ from tests.chaos.handler import read_calls
 
 # One of each kind, and two crashes: the short mode's deck.
 SHORT_DECK: Mapping[str, int] = {
-    "kill": 2, "rebalance": 1, "zombie": 1, "redis_outage": 1,
-    "redis_crash": 1, "store_loss": 1, "broker_freeze": 1, "kill_in_outage": 1,
+    "kill": 2,
+    "rebalance": 1,
+    "zombie": 1,
+    "redis_outage": 1,
+    "redis_crash": 1,
+    "store_loss": 1,
+    "broker_freeze": 1,
+    "kill_in_outage": 1,
 }
 # About 3.5 minutes of episodes per deck with the default gaps.
 LONG_DECK: Mapping[str, int] = {
-    "kill": 7, "rebalance": 2, "zombie": 1, "redis_outage": 3,
-    "redis_crash": 1, "store_loss": 1, "broker_freeze": 1, "kill_in_outage": 1,
+    "kill": 7,
+    "rebalance": 2,
+    "zombie": 1,
+    "redis_outage": 3,
+    "redis_crash": 1,
+    "store_loss": 1,
+    "broker_freeze": 1,
+    "kill_in_outage": 1,
 }
 # What a soak must reach whatever its duration.
 LONG_MINIMUM: Mapping[str, int] = {"kill": 30, "redis_outage": 10, "zombie": 5}
@@ -66,13 +78,23 @@ class RunPlan:
 
 def short_plan() -> RunPlan:
     """Every kind once (crashes twice): CI's run, about two minutes."""
-    return RunPlan(duration_s=0.0, deck=SHORT_DECK, minimum=SHORT_DECK,
-                   gap_s=(0.5, 1.5), limit_s=240.0)
+    return RunPlan(
+        duration_s=0.0,
+        deck=SHORT_DECK,
+        minimum=SHORT_DECK,
+        gap_s=(0.5, 1.5),
+        limit_s=240.0,
+    )
 
 
 def long_plan(duration_s: float, gap_s: tuple[float, float]) -> RunPlan:
-    return RunPlan(duration_s=duration_s, deck=LONG_DECK, minimum=LONG_MINIMUM,
-                   gap_s=gap_s, limit_s=duration_s * 1.5)
+    return RunPlan(
+        duration_s=duration_s,
+        deck=LONG_DECK,
+        minimum=LONG_MINIMUM,
+        gap_s=gap_s,
+        limit_s=duration_s * 1.5,
+    )
 
 
 class Deck:
@@ -99,8 +121,13 @@ class Deck:
         return self._cards.pop()
 
 
-def run_chaos(settings: ClusterSettings, plan: RunPlan, workdir: Path,
-              say: bool = True, kafka: KafkaService | None = None) -> Report:
+def run_chaos(
+    settings: ClusterSettings,
+    plan: RunPlan,
+    workdir: Path,
+    say: bool = True,
+    kafka: KafkaService | None = None,
+) -> Report:
     """One run, start to report; stops everything it started.
 
     ``kafka``: a broker to use instead of a private local one; the plan
@@ -126,8 +153,9 @@ def _warm_up(cluster: Cluster, injector: Injector, plan: RunPlan) -> None:
         time.sleep(0.2)
 
 
-def _inject(injector: Injector, plan: RunPlan, rng: random.Random,
-            began: float, say: bool) -> None:
+def _inject(
+    injector: Injector, plan: RunPlan, rng: random.Random, began: float, say: bool
+) -> None:
     deck = Deck(plan, rng)
     if plan.duration_s <= 0:
         cards = [k for k, n in plan.deck.items() for _ in range(n)]
@@ -147,14 +175,17 @@ def _inject(injector: Injector, plan: RunPlan, rng: random.Random,
         episode = injector.inject(kind)
         if say:
             took = episode.window_end - episode.started_at
-            print(f"[{elapsed:6.0f}s] {kind:<13} {took:5.1f}s  {episode.detail}"
-                  + (f"  PROBLEMS: {episode.problems}" if episode.problems else ""),
-                  flush=True)
+            print(
+                f"[{elapsed:6.0f}s] {kind:<13} {took:5.1f}s  {episode.detail}"
+                + (f"  PROBLEMS: {episode.problems}" if episode.problems else ""),
+                flush=True,
+            )
         time.sleep(rng.uniform(*plan.gap_s))
 
 
-def _finish(cluster: Cluster, injector: Injector, plan: RunPlan,
-            began: float) -> Report:
+def _finish(
+    cluster: Cluster, injector: Injector, plan: RunPlan, began: float
+) -> Report:
     cluster.reap()
     cluster.ensure(cluster.settings.instances)
     assert cluster.producer is not None
@@ -180,12 +211,17 @@ def _finish(cluster: Cluster, injector: Injector, plan: RunPlan,
     report = check(run)
     report.figures["rebalances (joins + leaves)"] = (
         f"{injector.joins + injector.leaves} "
-        f"({injector.joins} joins, {injector.leaves} leaves)")
+        f"({injector.joins} joins, {injector.leaves} leaves)"
+    )
     report.figures["broker group stalls (moved to a new group)"] = injector.stalls
     report.figures["produce calls that failed"] = len(cluster.producer.errors)
-    (cluster.workdir / "report.json").write_text(json.dumps(
-        {"figures": report.figures, "failures": report.failures}, indent=2,
-        default=str))
+    (cluster.workdir / "report.json").write_text(
+        json.dumps(
+            {"figures": report.figures, "failures": report.failures},
+            indent=2,
+            default=str,
+        )
+    )
     return report
 
 
@@ -222,23 +258,49 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="python -m tests.chaos.run",
         description="Fault injection against a private broker, Redis and "
-                    "streamcp instances on 127.0.0.1.")
-    parser.add_argument("--short", action="store_true",
-                        help="every fault kind once (crashes twice), as in CI")
-    parser.add_argument("--duration", type=float, default=900.0,
-                        help="seconds of fault injection (long mode)")
-    parser.add_argument("--gap", type=float, nargs=2, default=(1.0, 3.0),
-                        metavar=("MIN_S", "MAX_S"),
-                        help="pause between episodes: the fault rate")
-    parser.add_argument("--deck", type=_parse_counts, default=None,
-                        help="episodes per round, e.g. kill=7,zombie=1")
-    parser.add_argument("--min", dest="minimum", type=_parse_counts, default=None,
-                        help="counts to reach, e.g. kill=30,redis_outage=10")
+        "streamcp instances on 127.0.0.1.",
+    )
+    parser.add_argument(
+        "--short",
+        action="store_true",
+        help="every fault kind once (crashes twice), as in CI",
+    )
+    parser.add_argument(
+        "--duration",
+        type=float,
+        default=900.0,
+        help="seconds of fault injection (long mode)",
+    )
+    parser.add_argument(
+        "--gap",
+        type=float,
+        nargs=2,
+        default=(1.0, 3.0),
+        metavar=("MIN_S", "MAX_S"),
+        help="pause between episodes: the fault rate",
+    )
+    parser.add_argument(
+        "--deck",
+        type=_parse_counts,
+        default=None,
+        help="episodes per round, e.g. kill=7,zombie=1",
+    )
+    parser.add_argument(
+        "--min",
+        dest="minimum",
+        type=_parse_counts,
+        default=None,
+        help="counts to reach, e.g. kill=30,redis_outage=10",
+    )
     parser.add_argument("--instances", type=int, default=3)
     parser.add_argument("--partitions", type=int, default=6)
     parser.add_argument("--seed", type=int, default=None)
-    parser.add_argument("--workdir", type=Path, default=None,
-                        help="where logs, records and report.json go")
+    parser.add_argument(
+        "--workdir",
+        type=Path,
+        default=None,
+        help="where logs, records and report.json go",
+    )
     args = parser.parse_args(argv)
 
     seed = args.seed
@@ -249,8 +311,12 @@ def main(argv: list[str] | None = None) -> int:
         plan = RunPlan(**{**plan.__dict__, "deck": args.deck})
     if args.minimum is not None:
         plan = RunPlan(**{**plan.__dict__, "minimum": args.minimum})
-    settings = ClusterSettings(partitions=args.partitions, instances=args.instances,
-                               max_instances=max(args.instances + 2, 2), seed=seed)
+    settings = ClusterSettings(
+        partitions=args.partitions,
+        instances=args.instances,
+        max_instances=max(args.instances + 2, 2),
+        seed=seed,
+    )
     workdir = args.workdir or Path(tempfile.mkdtemp(prefix="streamcp-chaos-"))
     print(f"chaos run: seed {seed}, workdir {workdir}", flush=True)
     # SIGTERM unwinds like Ctrl-C, so every process the run started stops.

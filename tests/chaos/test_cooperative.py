@@ -29,8 +29,9 @@ def test_cooperative_storms_and_crashes_lose_nothing(
     a checkpoint back, never accept a stale commit, and duplicate only
     within the bound."""
     settings = ClusterSettings(seed=SEED, assignor="cooperative-sticky")
-    plan = RunPlan(duration_s=0.0, deck=DECK, minimum=DECK, gap_s=(0.5, 1.5),
-                   limit_s=240.0)
+    plan = RunPlan(
+        duration_s=0.0, deck=DECK, minimum=DECK, gap_s=(0.5, 1.5), limit_s=240.0
+    )
     report = run_chaos(settings, plan, tmp_path / "chaos", say=False, kafka=kafka)
     print(report.render())
     assert report.passed, report.render()

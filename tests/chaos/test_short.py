@@ -23,7 +23,8 @@ def test_short_chaos_run_loses_nothing_and_never_regresses(tmp_path: Path) -> No
     no checkpoint goes backwards, no stale commit is accepted, every final
     checkpoint is the partition's end, duplicates stay within the bound,
     and every fault kind was injected."""
-    report = run_chaos(ClusterSettings(seed=SEED), short_plan(), tmp_path / "chaos",
-                       say=False)
+    report = run_chaos(
+        ClusterSettings(seed=SEED), short_plan(), tmp_path / "chaos", say=False
+    )
     print(report.render())
     assert report.passed, report.render()

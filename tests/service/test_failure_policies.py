@@ -232,8 +232,10 @@ def test_pause_keeps_checkpoint_others_reach_end_and_resume_continues(
                 "--partition",
                 "1",
             ],
+            input="y\n",
         )
         assert resumed.exit_code == 0, resumed.output
+        assert "Resume" in resumed.output  # it asked before changing anything
         wait_for(
             lambda: checkpoints(setup["store"], setup["group"])[1] == 6,
             what="partition 1 continues after resume",

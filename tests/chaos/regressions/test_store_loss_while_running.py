@@ -41,8 +41,11 @@ def _kafka_offsets(raw: dict[str, object], topic: str) -> dict[int, int]:
 
 
 def test_running_consumer_stops_with_store_lost_when_redis_restarts_empty(
-    kafka: KafkaService, redis_factory: Callable[..., RedisService],
-    topic_factory: Callable[..., str], key_prefix: str, tmp_path: Path,
+    kafka: KafkaService,
+    redis_factory: Callable[..., RedisService],
+    topic_factory: Callable[..., str],
+    key_prefix: str,
+    tmp_path: Path,
 ) -> None:
     """A consumer that committed, then sees Redis come back without its data
     (restart without persistence) while it runs, stops with status 1 and a
@@ -52,18 +55,28 @@ def test_running_consumer_stops_with_store_lost_when_redis_restarts_empty(
     topic = topic_factory(2)
     group = f"g-{uuid.uuid4().hex[:8]}"
     record = tmp_path / "handled.txt"
-    raw = raw_config(kafka.bootstrap_servers, private.url, key_prefix, topic, group,
-                     commit={"every_events": 5, "every_seconds": 0.3},
-                     handler={"options": {"path": str(record)}},
-                     log={"level": "info", "format": "json"})
+    raw = raw_config(
+        kafka.bootstrap_servers,
+        private.url,
+        key_prefix,
+        topic,
+        group,
+        commit={"every_events": 5, "every_seconds": 0.3},
+        handler={"options": {"path": str(record)}},
+        log={"level": "info", "format": "json"},
+    )
     store = RedisCheckpointStore.from_url(private.url, key_prefix=key_prefix)
     process = ServiceProcess(write_config(tmp_path / "c.toml", raw), tmp_path / "log")
     try:
         produce(kafka.bootstrap_servers, topic, 2, 10)
-        wait_for(lambda: checkpoints(store, group) == {0: 10, 1: 10},
-                 what="checkpoints at 10")
-        wait_for(lambda: _kafka_offsets(raw, topic) == {0: 10, 1: 10},
-                 what="the checkpoints mirrored to Kafka")
+        wait_for(
+            lambda: checkpoints(store, group) == {0: 10, 1: 10},
+            what="checkpoints at 10",
+        )
+        wait_for(
+            lambda: _kafka_offsets(raw, topic) == {0: 10, 1: 10},
+            what="the checkpoints mirrored to Kafka",
+        )
         private.stop()
         private.start()
         lost_at = time.time()
@@ -79,12 +92,14 @@ def test_running_consumer_stops_with_store_lost_when_redis_restarts_empty(
     assert status == 1, "the consumer kept running on a store that lost its data"
     assert process.saw("checkpoint.store_lost")
     assert "the checkpoint store no longer holds" in process.log_path.read_text()
-    assert not [e for e in process.saw("partition.started")
-                if datetime.fromisoformat(e["timestamp"]).timestamp() > lost_at]
+    assert not [
+        e
+        for e in process.saw("partition.started")
+        if datetime.fromisoformat(e["timestamp"]).timestamp() > lost_at
+    ]
     fresh = RedisCheckpointStore.from_url(private.url, key_prefix=key_prefix)
     try:
         assert [e for e in fresh.history(group, 0) if e.kind == "commit"] == []
     finally:
         fresh.close()
     assert {r.offset for r in read_handled(record)} <= set(range(15))
-
