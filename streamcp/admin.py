@@ -22,8 +22,9 @@ import confluent_kafka
 import redis.exceptions
 
 from streamcp.config import KafkaConfig
-from streamcp.errors import StoreUnavailable, StreamcpError
+from streamcp.errors import ReplayError, RequestRefused, StoreUnavailable, StreamcpError
 from streamcp.events import TopicPartition
+from streamcp.ranges import BrokerView
 from streamcp.redis_store import LAYOUT_VERSION, RedisCheckpointStore
 from streamcp.source import librdkafka_logger, to_kafka
 from streamcp.store import Checkpoint
@@ -59,6 +60,10 @@ def credentials_refused(store: RedisCheckpointStore) -> str | None:
         if isinstance(cause, redis.exceptions.AuthenticationError):
             return f"refused the credentials: {cause}"
     return None
+
+
+# Kafka offsets are signed 64-bit numbers.
+MAX_OFFSET = 2**63 - 1
 
 
 class KafkaView:
@@ -131,21 +136,21 @@ class KafkaView:
 
         A partition with no such event gets its high watermark.
         """
+        # The broker's own time lookup is only a lower bound (some brokers
+        # answer 0 for every time); the replay's resolver reads forward from
+        # it to the first event at or after the time.
         millis = int(at.timestamp() * 1000)
-        query = [
-            confluent_kafka.TopicPartition(tp.topic, tp.partition, millis)
-            for tp in parts
-        ]
+        broker = BrokerView(self._consumer, timeout_s=self._timeout_s)
         try:
-            answered = self._consumer.offsets_for_times(query, timeout=self._timeout_s)
-        except confluent_kafka.KafkaException as exc:
+            bounds = broker.watermarks(parts)
+            found = {}
+            for tp in parts:
+                first = broker.first_at_or_after(tp, millis, bounds[tp])
+                found[tp] = bounds[tp][1] if first is None else first
+        except ReplayError as exc:
             raise KafkaUnavailable(
                 f"the broker did not look up offsets for {at.isoformat()}: {exc}"
             ) from exc
-        found = {}
-        for p in answered:
-            tp = TopicPartition(p.topic, p.partition)
-            found[tp] = int(p.offset) if p.offset >= 0 else self.watermarks(tp)[1]
         return found
 
     def close(self) -> None:
@@ -235,9 +240,18 @@ def target_partitions(
     partitions: Sequence[int],
 ) -> list[TopicPartition]:
     """The chosen partitions of ``topic``, or all it has (in Kafka or Redis)."""
+    in_kafka = view.partitions(topic)
     if partitions:
-        return [TopicPartition(topic, p) for p in sorted(set(partitions))]
-    known = set(view.partitions(topic))
+        chosen = [TopicPartition(topic, p) for p in sorted(set(partitions))]
+        unknown = [str(tp) for tp in chosen if tp not in in_kafka]
+        if unknown:
+            raise RequestRefused(
+                "--partition",
+                f"no such partition in Kafka: {', '.join(unknown)} "
+                f"({topic!r} has {len(in_kafka)})",
+            )
+        return chosen
+    known = set(in_kafka)
     known.update(tp for tp in store.read(group) if tp.topic == topic)
     return sorted(known)
 
@@ -254,6 +268,10 @@ def plan_changes(
 ) -> list[Change]:
     """What setting (exactly one of ``offset``, ``at``, ``to``) would change."""
     if offset is not None:
+        if not 0 <= offset <= MAX_OFFSET:
+            raise RequestRefused(
+                "--offset", f"must be between 0 and {MAX_OFFSET}, got {offset}"
+            )
         wanted = dict.fromkeys(parts, offset)
     elif at is not None:
         wanted = view.offsets_for_time(parts, at)

@@ -112,6 +112,8 @@ def _opened(load: Loader, args: tuple[Any, ...]) -> Iterator[_Context]:
         redis_unavailable(config, exc)
     except KafkaUnavailable as exc:
         _fail(str(exc))
+    except ConfigError as exc:  # a refused request, such as an unknown partition
+        _fail(str(exc), EXIT_CONFIG)
     except StreamcpError as exc:
         _fail(str(exc))
     finally:

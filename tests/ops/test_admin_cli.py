@@ -122,13 +122,12 @@ def test_set_dry_run_and_declined_prompt_change_nothing(setup: Setup) -> None:
     assert checkpoints(setup.store, setup.group) == {0: 7}
 
 
-@pytest.mark.apache_kafka
 def test_set_by_time_finds_the_first_offset_at_or_after_that_time(
     setup: Setup,
 ) -> None:
     """``set --time`` sets every partition to the first offset whose
-    timestamp is at or after that time (the local broker answers offset 0
-    to every timestamp lookup, so this needs Apache Kafka)."""
+    timestamp is at or after that time, even on a broker whose own time
+    lookup answers offset 0 for every time (it reads forward from there)."""
     base = 1_700_000_000_000
     produce_records(
         setup.kafka.bootstrap_servers,
@@ -380,3 +379,30 @@ def test_set_on_an_idle_partition_is_adopted_without_new_events(setup: Setup) ->
             what="partition 1 committed again at its end",
         )
     assert seen.of(0) == list(range(6))
+
+
+@pytest.mark.parametrize(
+    ("args", "reason"),
+    [
+        pytest.param(
+            ["--partition", "9", "--offset", "1"],
+            "no such partition",
+            id="unknown-partition",
+        ),
+        pytest.param(
+            ["--offset", "99999999999999999999"],
+            "must be between 0 and",
+            id="offset-past-64-bits",
+        ),
+        pytest.param(["--offset", "-3"], "not in the range", id="negative-offset"),
+    ],
+)
+def test_set_refuses_impossible_targets_with_exit_2(
+    setup: Setup, args: list[str], reason: str
+) -> None:
+    """``set`` refuses a partition the topic does not have, and an offset no
+    Kafka log can hold, before writing anything."""
+    result = cli(setup, "checkpoints", "set", "--topic", setup.topic, *args, "--yes")
+    assert result.exit_code == 2, result.output
+    assert reason in result.output
+    assert setup.store.read(setup.group) == {}
