@@ -466,9 +466,11 @@ def _add_replay_commands() -> None:
     main.add_command(runs)
     main.add_command(dlq)
 
+    from streamcp.cli_local import local_services_command
     from streamcp.cli_sample import load_sample_command
 
     main.add_command(load_sample_command)
+    main.add_command(local_services_command)
 
 
 if __name__ == "__main__":
