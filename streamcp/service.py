@@ -674,7 +674,11 @@ class Service:
         if owned is not None and owned.epoch > 0 and refusal.stored_epoch == 0:
             self._store_forgot(tp, owned)
             return
-        if owned is not None and 0 < refusal.stored_epoch < owned.epoch:
+        if (
+            owned is not None
+            and 0 < refusal.stored_epoch < owned.epoch
+            and refusal.stored_owner in ("", self._owner.instance_id)
+        ):
             self._reclaim_after_regression(tp, owned, refusal)
             return
         if owned is not None:
@@ -689,10 +693,13 @@ class Service:
     ) -> None:
         """The store went back to an epoch older than this consumer's claim.
 
-        Epochs only grow, so nobody claimed the partition after this
-        consumer: Redis lost its latest writes (a failover to a replica that
-        lacked them). Claim again and keep going: every event below this
-        consumer's own checkpoint was handled, so committing it loses nothing.
+        Epochs only grow, and the stored owner is this consumer (or nobody):
+        Redis lost its latest writes (a failover to a replica that lacked
+        them), and no other consumer claimed the partition since. Claim again
+        and keep going: every event below this consumer's own checkpoint was
+        handled, so committing it loses nothing. When another consumer is the
+        stored owner, the partition may have moved while this one was away:
+        it is fenced as for any stale commit.
         """
         try:
             claim = self._store.claim(self._group, [tp], self._owner)[tp]

@@ -160,15 +160,58 @@ def test_epoch_going_back_in_redis_is_reclaimed_and_progress_committed(
             commit={"every_events": 1, "every_seconds": 0.2},
         )
     )
-    with ServiceThread(config, lambda event: seen.append(event.offset)):
+    with ServiceThread(config, lambda event: seen.append(event.offset)) as service:
         wait_for(lambda: checkpoints(store, group) == {0: 5}, what="checkpoint at 5")
         key = store.keys(group).checkpoint(TopicPartition(topic, 0))
         client = store._client
         epoch = int(client.hget(key, "epoch"))
-        # Roll the hash back to before this consumer's claim.
-        client.hset(key, mapping={"epoch": epoch - 1, "owner": "older", "offset": 2})
+        # Roll the hash back to an earlier claim of this same consumer, as a
+        # failover to a replica that lacked the latest claim would.
+        me = service.service.owner.instance_id
+        client.hset(key, mapping={"epoch": epoch - 1, "owner": me, "offset": 2})
         produce(kafka.bootstrap_servers, topic, 1, 3, start=5)
         wait_for(lambda: checkpoints(store, group) == {0: 8}, what="checkpoint at 8")
     assert seen == list(range(8))
     stored = store.read(group)[TopicPartition(topic, 0)]
     assert stored.epoch == epoch  # claimed again: the rolled-back epoch plus one
+
+
+def test_epoch_going_back_under_another_owner_fences_instead_of_reclaiming(
+    kafka: KafkaService,
+    redis_service: RedisService,
+    key_prefix: str,
+    topic_factory: Callable[..., str],
+) -> None:
+    """When the stored epoch is lower but another consumer is the stored owner
+    (it may have claimed the partition in an emptied Redis while this one was
+    away), this consumer does not take the partition back: it stops
+    processing it, and the other owner's record stays as it is."""
+    topic = topic_factory(1)
+    group = f"g-{uuid.uuid4().hex[:8]}"
+    store = RedisCheckpointStore.from_url(redis_service.url, key_prefix=key_prefix)
+    produce(kafka.bootstrap_servers, topic, 1, 5)
+    store.claim(group, [TopicPartition(topic, 0)], Owner("earlier", "h", 1))
+    seen: list[int] = []
+    config = config_from(
+        raw_config(
+            kafka.bootstrap_servers,
+            redis_service.url,
+            key_prefix,
+            topic,
+            group,
+            commit={"every_events": 1, "every_seconds": 0.2},
+        )
+    )
+    with ServiceThread(config, lambda event: seen.append(event.offset)):
+        wait_for(lambda: checkpoints(store, group) == {0: 5}, what="checkpoint at 5")
+        key = store.keys(group).checkpoint(TopicPartition(topic, 0))
+        epoch = int(store._client.hget(key, "epoch"))
+        store._client.hset(key, mapping={"epoch": epoch - 1, "owner": "other-owner"})
+        produce(kafka.bootstrap_servers, topic, 1, 3, start=5)
+        time.sleep(2)
+        stored = store.read(group)[TopicPartition(topic, 0)]
+        assert (stored.epoch, stored.owner, stored.offset) == (
+            epoch - 1,
+            "other-owner",
+            5,
+        )
