@@ -21,7 +21,7 @@ from streamcp.errors import (
     StoreUnavailable,
     StreamcpError,
 )
-from streamcp.events import Event, TopicPartition
+from streamcp.events import Batch, Event, TopicPartition
 from streamcp.handlers import BatchFailed, Handler
 from streamcp.store import (
     Checkpoint,
@@ -34,6 +34,7 @@ from streamcp.store import (
 )
 
 __all__ = [
+    "Batch",
     "BatchFailed",
     "Checkpoint",
     "CheckpointStore",

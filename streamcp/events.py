@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, overload
 
 Headers = Sequence[tuple[str, bytes | None]]
 
@@ -106,3 +106,72 @@ class Event:
         return all(getattr(self, f) == getattr(other, f) for f in fields)
 
     __hash__ = None  # type: ignore[assignment]  # mutable slots: not hashable
+
+
+class Batch(Sequence[Event]):
+    """Events of one partition in offset order, as ``handle_batch`` gets them.
+
+    A batch is a read-only sequence of :class:`Event`. Besides indexing,
+    slicing (which gives a batch) and iteration, it offers its fields as
+    columns: :meth:`values`, :meth:`keys` and :meth:`offsets` return one
+    list each without making an event per record, the fast way for a batch
+    handler that needs only those.
+
+    The service's batches are made from the consumed records on demand:
+    each indexing or iteration step makes a fresh :class:`Event`, so keep
+    the event, not its position, when it has to be looked at twice.
+    """
+
+    __slots__ = ("_events",)
+
+    def __init__(self, events: Iterable[Event] = ()) -> None:
+        self._events: list[Event] = list(events)
+
+    def __len__(self) -> int:
+        return len(self._events)
+
+    @overload
+    def __getitem__(self, index: int) -> Event: ...
+
+    @overload
+    def __getitem__(self, index: slice) -> Batch: ...
+
+    def __getitem__(self, index: int | slice) -> Event | Batch:
+        if isinstance(index, slice):
+            return Batch(self._events[index])
+        return self._events[index]
+
+    def __iter__(self) -> Iterator[Event]:
+        return iter(self._events)
+
+    def values(self) -> list[bytes | None]:
+        """Each event's raw value, in order."""
+        return [event.value for event in self]
+
+    def keys(self) -> list[bytes | None]:
+        """Each event's raw key, in order."""
+        return [event.key for event in self]
+
+    def offsets(self) -> list[int]:
+        """Each event's offset, in order."""
+        return [event.offset for event in self]
+
+    def take(self, indexes: Iterable[int]) -> Batch:
+        """A batch of the events at ``indexes`` (ascending), in that order."""
+        return Batch([self[index] for index in indexes])
+
+    def __eq__(self, other: object) -> bool:
+        if isinstance(other, Batch | list | tuple):
+            return list(self) == list(other)
+        return NotImplemented
+
+    __hash__ = None  # type: ignore[assignment]  # compares by content
+
+    def __repr__(self) -> str:
+        if not len(self):
+            return "Batch([])"
+        first, last = self[0], self[-1]
+        return (
+            f"Batch({first.topic}[{first.partition}] offsets "
+            f"{first.offset}..{last.offset}, {len(self)} events)"
+        )

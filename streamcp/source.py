@@ -8,8 +8,9 @@ the checkpoint store; Kafka's group offsets only mirror accepted checkpoints.
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Iterator, Sequence
-from typing import Any
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from itertools import islice
+from typing import Any, overload
 
 import confluent_kafka
 import structlog
@@ -17,7 +18,7 @@ from confluent_kafka import KafkaError, KafkaException
 
 from streamcp.config import KafkaConfig, StartPolicy
 from streamcp.errors import ConfigError
-from streamcp.events import Event, TopicPartition
+from streamcp.events import Batch, Event, Headers, TopicPartition
 
 RebalanceCallback = Callable[[list[TopicPartition]], None]
 
@@ -129,33 +130,180 @@ def split_errors(messages: Sequence[Any]) -> tuple[Sequence[Any], list[Any]]:
 
 def group_by_partition(
     messages: Sequence[Any], run_id: str | None = None
-) -> Iterator[tuple[TopicPartition, list[Event], int]]:
-    """Yield (partition, events in offset order, value bytes) per partition.
+) -> Iterator[tuple[TopicPartition, MessageBatch, int]]:
+    """Yield (partition, its events in offset order, value bytes) per run.
 
     Consecutive messages of one partition form one run; a partition that
-    comes back later in the same batch yields a second run.
+    comes back later in the same batch yields a second run. The events are
+    a :class:`MessageBatch`: nothing is made per record until it is read.
     """
     if not messages:
         return
     topics, partitions = _topics_and_partitions(messages)
     for start, end in _runs(topics, partitions):
         topic, partition = topics[start], partitions[start]
-        run = messages[start:end]
+        run = messages[start:end] if end - start < len(messages) else messages
         yield (
             TopicPartition(topic, partition),
-            _events(run, topic, partition, run_id),
+            MessageBatch(run, topic, partition, run_id),
             _value_bytes(run),
         )
 
 
-# This loop runs for every event the service consumes, on the polling thread,
-# so it is written for speed: the messages' accessors are looked up once and
-# the events are made without the keyword constructor (three times slower).
-# _events sets every slot that Event.__init__ sets.
-_new_event = Event.__new__
+# The code below runs for every event the service consumes, so it is
+# written for speed: a batch keeps confluent-kafka's own message objects and
+# reads them through their unbound accessors (a test double without them
+# takes the slower path), and an event is made only when it is read.
 _message_topic = confluent_kafka.Message.topic
 _message_partition = confluent_kafka.Message.partition
 _message_error = confluent_kafka.Message.error
+_message_offset = confluent_kafka.Message.offset
+_message_key = confluent_kafka.Message.key
+_message_value = confluent_kafka.Message.value
+_UNDECODED: Any = object()  # a consumed event's decoded field not yet set
+
+
+class ConsumedEvent(Event):
+    """An event read from a consumed message when a field is first asked for.
+
+    It is an :class:`~streamcp.events.Event` in every respect; only the
+    storage differs (the message itself, not copies of its fields).
+    """
+
+    __slots__ = ("_decoded_key", "_decoded_value", "_message")
+    _decoded_key: Any
+    _decoded_value: Any
+    _message: Any
+
+    @property
+    def offset(self) -> int:  # type: ignore[override]
+        offset: int = self._message.offset()
+        return offset
+
+    @property
+    def key(self) -> bytes | None:  # type: ignore[override]
+        key: bytes | None = self._message.key()
+        return key
+
+    @property
+    def value(self) -> bytes | None:  # type: ignore[override]
+        value: bytes | None = self._message.value()
+        return value
+
+    @property
+    def headers(self) -> Headers:  # type: ignore[override]
+        headers: Headers = self._message.headers() or ()
+        return headers
+
+    @property
+    def timestamp_ms(self) -> int | None:  # type: ignore[override]
+        timestamp_type, timestamp = self._message.timestamp()
+        return int(timestamp) if timestamp_type else None
+
+    @property
+    def decoded_key(self) -> Any:
+        decoded = self._decoded_key
+        return self._message.key() if decoded is _UNDECODED else decoded
+
+    @decoded_key.setter
+    def decoded_key(self, decoded: Any) -> None:
+        self._decoded_key = decoded
+
+    @property
+    def decoded_value(self) -> Any:
+        decoded = self._decoded_value
+        return self._message.value() if decoded is _UNDECODED else decoded
+
+    @decoded_value.setter
+    def decoded_value(self, decoded: Any) -> None:
+        self._decoded_value = decoded
+
+
+_new_event = ConsumedEvent.__new__
+
+
+class MessageBatch(Batch):
+    """A run of one partition's consumed messages, seen as a :class:`Batch`."""
+
+    __slots__ = ("_messages", "_partition", "_run_id", "_topic")
+
+    def __init__(
+        self,
+        messages: Sequence[Any],
+        topic: str,
+        partition: int,
+        run_id: str | None = None,
+    ) -> None:
+        self._messages = messages
+        self._topic = topic
+        self._partition = partition
+        self._run_id = run_id
+
+    def __len__(self) -> int:
+        return len(self._messages)
+
+    @overload
+    def __getitem__(self, index: int) -> Event: ...
+
+    @overload
+    def __getitem__(self, index: slice) -> MessageBatch: ...
+
+    def __getitem__(self, index: int | slice) -> Event | MessageBatch:
+        if isinstance(index, slice):
+            return self._with(self._messages[index])
+        return self._event(self._messages[index])
+
+    def __iter__(self) -> Iterator[Event]:
+        return self.events_from(0)
+
+    def events_from(self, start: int) -> Iterator[Event]:
+        """The events from position ``start`` on, each made as it is reached."""
+        new, cls = _new_event, ConsumedEvent
+        topic, partition, run_id = self._topic, self._partition, self._run_id
+        messages = self._messages
+        for message in islice(messages, start, None) if start else messages:
+            event = new(cls)
+            event._message = message
+            event.topic = topic
+            event.partition = partition
+            event.run_id = run_id
+            event._decoded_key = event._decoded_value = _UNDECODED
+            yield event
+
+    def _event(self, message: Any) -> ConsumedEvent:
+        event = _new_event(ConsumedEvent)
+        event._message = message
+        event.topic = self._topic
+        event.partition = self._partition
+        event.run_id = self._run_id
+        event._decoded_key = event._decoded_value = _UNDECODED
+        return event
+
+    def _with(self, messages: Sequence[Any]) -> MessageBatch:
+        return MessageBatch(messages, self._topic, self._partition, self._run_id)
+
+    def values(self) -> list[bytes | None]:
+        values: list[bytes | None] = _column(_message_value, "value", self._messages)
+        return values
+
+    def keys(self) -> list[bytes | None]:
+        keys: list[bytes | None] = _column(_message_key, "key", self._messages)
+        return keys
+
+    def offsets(self) -> list[int]:
+        offsets: list[int] = _column(_message_offset, "offset", self._messages)
+        return offsets
+
+    def take(self, indexes: Iterable[int]) -> MessageBatch:
+        messages = self._messages
+        return self._with([messages[index] for index in indexes])
+
+
+def _column(accessor: Callable[[Any], Any], name: str, messages: Sequence[Any]) -> Any:
+    try:
+        return list(map(accessor, messages))
+    except TypeError:  # not confluent-kafka's own messages (a test double)
+        return [getattr(message, name)() for message in messages]
 
 
 def _topics_and_partitions(messages: Sequence[Any]) -> tuple[list[Any], list[Any]]:
@@ -182,26 +330,6 @@ def _runs(topics: list[Any], partitions: list[Any]) -> list[tuple[int, int]]:
     return list(zip(starts, [*starts[1:], size], strict=True))
 
 
-def _events(
-    messages: Sequence[Any], topic: str, partition: int, run_id: str | None
-) -> list[Event]:
-    events: list[Event] = []
-    append = events.append
-    for message in messages:
-        event = _new_event(Event)
-        event.topic = topic
-        event.partition = partition
-        event.offset = message.offset()
-        event.key = event.decoded_key = message.key()
-        event.value = event.decoded_value = message.value()
-        event.headers = message.headers() or ()
-        timestamp_type, timestamp = message.timestamp()
-        event.timestamp_ms = timestamp if timestamp_type else None
-        event.run_id = run_id
-        append(event)
-    return events
-
-
 def _value_bytes(messages: Sequence[Any]) -> int:
     try:
         return sum(map(len, messages))  # a message's len is its value's
@@ -217,8 +345,10 @@ __all__ = [
     "OFFSET_BEGINNING",
     "OFFSET_END",
     "OFFSET_STORED",
+    "ConsumedEvent",
     "KafkaError",
     "KafkaException",
+    "MessageBatch",
     "consumer_settings",
     "from_kafka",
     "group_by_partition",

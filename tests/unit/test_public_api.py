@@ -5,6 +5,7 @@ from __future__ import annotations
 import streamcp
 
 EXPECTED = {
+    "Batch",
     "BatchFailed",
     "Checkpoint",
     "CheckpointStore",

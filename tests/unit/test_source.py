@@ -6,7 +6,7 @@ from typing import Any
 
 import pytest
 
-from streamcp.events import Event, TopicPartition
+from streamcp.events import Batch, Event, TopicPartition
 from streamcp.source import group_by_partition
 
 
@@ -119,3 +119,82 @@ def test_tombstones_count_no_bytes_and_an_empty_batch_yields_nothing() -> None:
     )
     assert nbytes == 2
     assert list(group_by_partition([])) == []
+
+
+def _real(offset: int, value: bytes | None = b"v", key: bytes | None = b"k") -> Any:
+    """confluent-kafka's own message type, as the consumer returns it."""
+    import confluent_kafka
+
+    return confluent_kafka.Message(
+        topic="t",
+        partition=2,
+        offset=offset,
+        key=key,
+        value=value,
+        headers=[("h", b"1")] if offset % 2 else None,
+        timestamp=(1, 1_700_000_000_000 + offset),
+    )
+
+
+def test_a_run_of_real_messages_reads_like_the_constructors_events() -> None:
+    """On confluent-kafka's messages (the fast path), each event, the
+    columns, slices and a selection by position agree with events built by
+    the keyword constructor."""
+    messages = [_real(10), _real(11, key=None), _real(12, value=None)]
+    [(tp, batch, nbytes)] = group_by_partition(messages, run_id="r")
+    assert (tp, len(batch), nbytes) == (TopicPartition("t", 2), 3, 2)
+    expected = [
+        Event(
+            topic="t",
+            partition=2,
+            offset=m.offset(),
+            key=m.key(),
+            value=m.value(),
+            headers=m.headers() or (),
+            timestamp_ms=m.timestamp()[1],
+            run_id="r",
+        )
+        for m in messages
+    ]
+    assert list(batch) == expected
+    assert [batch[i] for i in range(3)] == expected
+    assert batch[-1] == expected[-1]
+    for event, want in zip(batch, expected, strict=True):
+        assert (event.decoded_key, event.decoded_value) == (want.key, want.value)
+        assert event.header("h") == want.header("h")
+    assert batch.values() == [b"v", b"v", None]
+    assert batch.keys() == [b"k", None, b"k"]
+    assert batch.offsets() == [10, 11, 12]
+    assert isinstance(batch[1:], Batch)
+    assert batch[1:].offsets() == [11, 12]
+    assert batch.take([0, 2]).offsets() == [10, 12]
+    assert batch == expected
+
+
+def test_decoded_fields_are_the_raw_bytes_until_set() -> None:
+    """A consumed event's decoded key and value start as the raw bytes and
+    keep what the codec set; the raw fields do not change."""
+    [(_, batch, _)] = group_by_partition([_real(0, value=b'{"a": 1}')])
+    event = batch[0]
+    assert event.decoded_value == b'{"a": 1}'
+    event.decoded_value = {"a": 1}
+    event.decoded_key = "k"
+    assert (event.decoded_value, event.decoded_key) == ({"a": 1}, "k")
+    assert (event.value, event.key) == (b'{"a": 1}', b"k")
+
+
+def test_a_plain_batch_offers_the_same_columns() -> None:
+    """Batch over ready-made events (the test kit's) has the same API."""
+    events = [
+        Event(topic="t", partition=0, offset=o, key=None, value=b"x") for o in (3, 5)
+    ]
+    batch = Batch(events)
+    assert (batch.values(), batch.keys(), batch.offsets()) == (
+        [b"x", b"x"],
+        [None, None],
+        [3, 5],
+    )
+    assert batch[1:] == events[1:]
+    assert batch.take([1]).offsets() == [5]
+    assert list(batch) == events
+    assert Batch() == []
