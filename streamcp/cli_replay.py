@@ -35,6 +35,7 @@ from streamcp.cli_common import (
     stop_on_signals,
 )
 from streamcp.config import Config
+from streamcp.dispatcher import runs_inline
 from streamcp.errors import (
     ConfigError,
     ReplayError,
@@ -404,6 +405,7 @@ def _start(
     progress: bool | None,
 ) -> None:
     """Print the plan, then (unless a dry run) record the run and execute it."""
+    runs_inline(config.consumer, [plan.handler])  # refuses what cannot run
     run_id = "(dry run)" if dry_run else new_run_id()
     _print_plan(run_id, plan.topic, plan.handler_name, plan.ranges, {})
     if dry_run:

@@ -28,6 +28,7 @@ from streamcp.redis_client import parse_redis_url
 StartPolicy = Literal["earliest", "latest", "fail"]
 Ordering = Literal["partition", "key"]
 StoreLossPolicy = Literal["fail", "recover_from_kafka"]
+Execution = Literal["auto", "inline", "threads"]
 
 ENV_PREFIX = "STREAMCP_"
 TOPIC_NAME = re.compile(r"[A-Za-z0-9._-]{1,249}")
@@ -262,6 +263,11 @@ class ConsumerConfig:
     start_policy: StartPolicy = "earliest"
     ordering: Ordering = "partition"
     concurrency: int = 1
+    # Where handlers run: "inline" on the loop's own thread (the fastest:
+    # no hand-over between threads), "threads" on ``concurrency`` worker
+    # threads, "auto" inline unless concurrency > 1 or a handler sets
+    # timeout_s (a timeout can only be enforced off the loop's thread).
+    execution: Execution = "auto"
     dead_letter_timeout_s: float = 30.0
     # What to do when Redis holds no checkpoint for a partition that Kafka's
     # mirrored group offsets show was committed before (the store lost data).
@@ -278,6 +284,15 @@ class ConsumerConfig:
         )
         _check_choice(self.ordering, ("partition", "key"), "consumer.ordering")
         _check_positive_int(self.concurrency, "consumer.concurrency")
+        _check_choice(
+            self.execution, ("auto", "inline", "threads"), "consumer.execution"
+        )
+        if self.execution == "inline" and self.concurrency > 1:
+            raise ConfigError(
+                "consumer.execution",
+                '"inline" runs handlers on one thread; '
+                f"concurrency is {self.concurrency}",
+            )
         _check_positive_number(
             self.dead_letter_timeout_s, "consumer.dead_letter_timeout_s"
         )

@@ -1,4 +1,9 @@
-"""The dispatcher: runs handler work off the polling thread.
+"""The dispatcher: runs handler work, on the loop's thread or on workers.
+
+Inline, the loop's thread runs the queued units itself between polls
+(:meth:`Dispatcher.run_ready`): no hand-over between threads, the fastest
+way for handlers that return quickly. Otherwise worker threads run them
+while the loop goes on polling.
 
 Units are queued on *lanes*. With ``ordering = "partition"`` a lane is one
 topic-partition, so a partition's events are handled one at a time in
@@ -31,9 +36,10 @@ from typing import Any
 
 import structlog
 
+from streamcp.config import ConsumerConfig
 from streamcp.deadletter import DeadLetters
-from streamcp.errors import DeadLetterFailed, DecodeError, HandlerTimeout
-from streamcp.events import Event, TopicPartition
+from streamcp.errors import ConfigError, DeadLetterFailed, DecodeError, HandlerTimeout
+from streamcp.events import Batch, Event, TopicPartition
 from streamcp.failures import FailurePolicy
 from streamcp.handlers import BatchFailed, Handler
 from streamcp.tracker import Unit
@@ -50,6 +56,9 @@ class Outcome(Enum):
     RETRY = "retry"
     FAILED = "failed"
     CANCELLED = "cancelled"
+    # Inline only: the unit stopped between two events to let the loop do
+    # its own work (commit, look at signals); it goes on at the next call.
+    YIELDED = "yielded"
 
 
 class _Lane:
@@ -77,7 +86,20 @@ class Dispatcher:
         ordering: str = "partition",
         dead_letters: DeadLetters | None = None,
         clock: Clock = time.monotonic,
+        inline: bool = False,
+        slice_s: float = 0.1,
     ) -> None:
+        if inline and concurrency != 1:
+            raise ValueError("an inline dispatcher runs one lane at a time")
+        # Inline: no worker threads; the loop's thread runs the ready units
+        # itself, with run_ready().
+        self.inline = inline
+        self._inline_caller = Caller("streamcp-call-inline") if inline else None
+        # Inline, a ticker asks the running unit to yield every ``slice_s``,
+        # so that a slow handler does not hold the loop for a whole poll.
+        self._slice_s = slice_s
+        self._inline_running: Unit | None = None
+        self._ticker: threading.Thread | None = None
         self._concurrency = concurrency
         self._by_key = ordering == "key"
         self._dead_letters = dead_letters
@@ -101,7 +123,7 @@ class Dispatcher:
                 name=f"streamcp-worker-{index}",
                 daemon=True,
             )
-            for index in range(concurrency)
+            for index in range(0 if inline else concurrency)
         ]
         for thread in self._threads:
             thread.start()
@@ -110,16 +132,20 @@ class Dispatcher:
         """Events that succeeded (or were skipped or dead-lettered) so far."""
         return sum(self.finished_counts)
 
-    def split(self, events: Sequence[Event]) -> list[tuple[int, list[Event]]]:
+    def split(self, events: Sequence[Event]) -> list[tuple[int, Sequence[Event]]]:
         """Group one partition's events into (lane index, events) runs."""
         if not self._by_key or self._concurrency == 1:
-            return [(0, list(events))]
-        buckets: dict[int, list[Event]] = {}
+            return [(0, events)]
+        batch = events if isinstance(events, Batch) else Batch(events)
+        buckets: dict[int, list[int]] = {}
         lanes = self._concurrency
-        for event in events:
-            index = zlib.crc32(event.key) % lanes if event.key is not None else 0
-            buckets.setdefault(index, []).append(event)
-        return sorted(buckets.items())
+        for position, key in enumerate(batch.keys()):
+            index = zlib.crc32(key) % lanes if key is not None else 0
+            buckets.setdefault(index, []).append(position)
+        return [
+            (index, batch.take(positions))
+            for index, positions in sorted(buckets.items())
+        ]
 
     def submit(self, handler: Handler, unit: Unit, lane_index: int = 0) -> None:
         key = (unit.topic_partition, lane_index)
@@ -174,6 +200,53 @@ class Dispatcher:
             self._dead_letters.close()
         return not any(thread.is_alive() for thread in self._threads)
 
+    def run_ready(self, deadline: float | None = None) -> None:
+        """Inline mode: run every ready unit on the calling thread.
+
+        Units whose retry backoff ended are ready too; a unit still waiting
+        out its backoff is left for a later call. With ``deadline`` (of the
+        dispatcher's clock), no further lane is started once it passed.
+        Nothing is done by a dispatcher with worker threads.
+        """
+        caller = self._inline_caller
+        if caller is None:
+            return
+        if self._ticker is None:
+            self._ticker = threading.Thread(
+                target=self._tick, name="streamcp-inline-ticker", daemon=True
+            )
+            self._ticker.start()
+        while True:
+            with self._cond:
+                if self._closing:
+                    return
+                self._move_due(self._clock())
+                if not self._ready:
+                    return
+                lane = self._ready.popleft()
+            if self._drain(lane, 0, caller) is Outcome.YIELDED:
+                return
+            if deadline is not None and self._clock() >= deadline:
+                return
+
+    def has_ready(self) -> bool:
+        """Inline mode: whether run_ready() would run something now."""
+        with self._cond:
+            self._move_due(self._clock())
+            return bool(self._ready)
+
+    def _tick(self) -> None:
+        while not self._closing:
+            time.sleep(self._slice_s)
+            unit = self._inline_running
+            if unit is not None:
+                unit.yield_now = True
+
+    def _move_due(self, now: float) -> None:
+        while self._delayed and self._delayed[0][0] <= now:
+            _, _, lane = heapq.heappop(self._delayed)
+            self._ready.append(lane)
+
     def _work(self, index: int) -> None:
         caller = Caller(f"streamcp-call-{index}")
         try:
@@ -195,22 +268,20 @@ class Dispatcher:
                 if self._closing:
                     return None
                 now = self._clock()
-                while self._delayed and self._delayed[0][0] <= now:
-                    _, _, lane = heapq.heappop(self._delayed)
-                    self._ready.append(lane)
+                self._move_due(now)
                 if self._ready:
                     return self._ready.popleft()
                 wait = self._delayed[0][0] - now if self._delayed else None
                 self._cond.wait(wait)
 
-    def _drain(self, lane: _Lane, index: int, executor: Caller) -> None:
+    def _drain(self, lane: _Lane, index: int, executor: Caller) -> Outcome | None:
         while True:
             with self._cond:
                 if not lane.units or self._closing:
                     lane.busy = False
                     if not lane.units:
                         self._lanes.pop(lane.key, None)
-                    return
+                    return None
                 handler, unit = lane.units[0]
                 if unit.cancelled or unit.generation == lane.failed_generation:
                     unit.cancelled = True
@@ -218,14 +289,18 @@ class Dispatcher:
                     continue
                 unit.running = True
                 unit.retry_at = None
+                unit.yield_now = False
             before = unit.done
             started = time.perf_counter()
+            if self.inline:
+                self._inline_running = unit
             try:
                 outcome = run_unit(
                     handler, unit, self._dead_letters, executor, self._clock
                 )
             finally:
                 unit.running = False
+                self._inline_running = None
             if self.on_unit_ran is not None:
                 self.on_unit_ran(unit, time.perf_counter() - started)
             self.finished_counts[index] += unit.done - before
@@ -236,7 +311,11 @@ class Dispatcher:
                         self._delayed, (unit.retry_at, next(self._sequence), lane)
                     )
                     self._cond.notify()
-                return
+                return outcome
+            if outcome is Outcome.YIELDED:
+                with self._cond:
+                    self._ready.appendleft(lane)  # first again at the next call
+                return outcome
             if outcome is Outcome.DONE:
                 # Nothing reads a finished unit's events: let them go now,
                 # while they are young to the garbage collector, rather
@@ -252,6 +331,28 @@ class Dispatcher:
                     self.failed.append(unit)
 
 
+def runs_inline(consumer: ConsumerConfig, handlers: Sequence[Handler]) -> bool:
+    """Whether handlers run on the loop's thread (``consumer.execution``).
+
+    ``auto`` is inline unless there are several workers or a handler sets
+    ``timeout_s``: an overrun call can be given up on only by a loop that
+    goes on polling meanwhile. Raises ConfigError for ``inline`` with such
+    a handler.
+    """
+    timed = [h.name for h in handlers if h.policy.timeout_s is not None]
+    if consumer.execution == "threads":
+        return False
+    if consumer.execution == "inline":
+        if timed:
+            raise ConfigError(
+                "consumer.execution",
+                '"inline" cannot enforce a handler timeout_s (set for '
+                f'{", ".join(timed)}); use "threads" or "auto"',
+            )
+        return True
+    return consumer.concurrency == 1 and not timed
+
+
 def run_unit(
     handler: Handler,
     unit: Unit,
@@ -264,7 +365,8 @@ def run_unit(
     Progress goes to ``unit.done`` after each event. Returns RETRY with
     ``unit.retry_at`` set when the event at ``done`` should be called again
     later; FAILED with ``unit.failure`` set when the policy stops the
-    partition there. Never raises for a handler error.
+    partition there; YIELDED when ``unit.yield_now`` asked it to stop
+    between two events. Never raises for a handler error.
     """
     policy: FailurePolicy = getattr(handler, "policy", DEFAULT_POLICY)
     while True:
@@ -272,6 +374,8 @@ def run_unit(
             return Outcome.CANCELLED
         if unit.done >= unit.size:
             return Outcome.DONE
+        if unit.yield_now:
+            return Outcome.YIELDED
         error = _attempt(handler, unit, policy, executor)
         if error is None:
             continue
@@ -295,18 +399,21 @@ def _attempt(
         return _attempt_batch(handler, unit, policy, executor, decode)
     handle: Any = getattr(handler, "per_event", None) or handler.handle
     done = start
+    # A consumed batch makes each event as it is reached.
+    from_start = getattr(events, "events_from", None)
+    pending = from_start(start) if from_start else islice(events, start, None)
     try:
         if decode is None and not timed:
-            for event in islice(events, start, None):
-                if unit.cancelled:
+            for event in pending:
+                if unit.cancelled or unit.yield_now:
                     return None
                 handle(event)
                 done += 1
                 unit.done = done
                 unit.attempts = 0
         else:
-            for event in islice(events, start, None):
-                if unit.cancelled:
+            for event in pending:
+                if unit.cancelled or unit.yield_now:
                     return None
                 if decode is not None:
                     decode(event)
@@ -331,12 +438,16 @@ def _attempt_batch(
 ) -> BaseException | None:
     """One ``handle_batch`` call over the events from ``unit.done`` on."""
     start = unit.done
-    batch = unit.events[start:]
+    events = unit.events
+    batch = events[start:] if isinstance(events, Batch) else Batch(events[start:])
     timed = policy.timeout_s is not None and executor is not None
     try:
         if decode is not None:
-            for event in batch:
+            # Decoded fields live on the event objects: keep the ones decoded.
+            decoded = list(batch)
+            for event in decoded:
                 decode(event)
+            batch = Batch(decoded)
         call = _call_with_timeout if timed else _call
         call(handler.handle_batch, batch, policy, executor, batch[0], unit)
     except BatchFailed as exc:
@@ -523,8 +634,8 @@ def _passed(unit: Unit) -> None:
     unit.attempts = 0
 
 
-def _index_of(events: Sequence[Event], offset: int) -> int:
-    for index, event in enumerate(events):
-        if event.offset >= offset:
+def _index_of(events: Batch, offset: int) -> int:
+    for index, event_offset in enumerate(events.offsets()):
+        if event_offset >= offset:
             return index
     return len(events)

@@ -28,6 +28,7 @@ from __future__ import annotations
 import threading
 import time
 import uuid
+from bisect import bisect_left
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
@@ -38,7 +39,7 @@ import structlog
 from streamcp.committer import Clock, CommitTimer, commit_requests
 from streamcp.config import Config, KafkaConfig
 from streamcp.deadletter import dead_letters_for
-from streamcp.dispatcher import Dispatcher
+from streamcp.dispatcher import Dispatcher, runs_inline
 from streamcp.errors import (
     HandlerFailed,
     ReplayError,
@@ -198,6 +199,8 @@ class Replay:
             concurrency=self._config.consumer.concurrency,
             ordering=self._config.consumer.ordering,
             dead_letters=dead_letters_for(self._config, [self._handler]),
+            inline=runs_inline(self._config.consumer, [self._handler]),
+            slice_s=self._config.consumer.poll_timeout_s,
         )
         try:
             self._setup_handler()
@@ -220,11 +223,17 @@ class Replay:
 
     def _iterate(self) -> None:
         consumer_config = self._config.consumer
+        dispatcher = self._dispatcher
+        # Inline work left over (a unit that yielded, a retry now due): only
+        # look for new messages, without waiting for them.
+        busy = dispatcher is not None and dispatcher.inline and dispatcher.has_ready()
         messages = self._consumer.consume(
-            consumer_config.batch_size, consumer_config.poll_timeout_s
+            consumer_config.batch_size, 0 if busy else consumer_config.poll_timeout_s
         )
         if messages:
             self._dispatch(messages)
+        if self._dispatcher is not None:
+            self._dispatcher.run_ready()  # inline: handle them now
         self._check_failures()
         self._follow_positions()
         if self._timer.due(self._finished_events()) or self._bound_wants_commit():
@@ -260,7 +269,12 @@ class Replay:
             if part is None or part.done or track is None:
                 continue
             # A fetch may bring events past the end; they are not the run's.
-            wanted = [e for e in events if e.offset < part.range.end]
+            end = part.range.end
+            wanted = (
+                events
+                if events[-1].offset < end
+                else events[: bisect_left(events.offsets(), end)]
+            )
             if not wanted:
                 continue
             for index, (lane, lane_events) in enumerate(dispatcher.split(wanted)):
@@ -586,6 +600,10 @@ class Replay:
     def _drain(self, timeout_s: float) -> None:
         deadline = self._clock() + timeout_s
         while not self._tracker.all_finished():
+            if self._dispatcher is not None:
+                self._dispatcher.run_ready()  # inline: run what is left
+            if self._tracker.all_finished():
+                break
             if self._clock() >= deadline:
                 self.log.warning(
                     "replay.drain_timeout", in_flight=self._tracker.in_flight_events

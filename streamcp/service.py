@@ -27,7 +27,7 @@ import structlog
 from streamcp.committer import Clock, CommitTimer, commit_requests
 from streamcp.config import Config, split_address
 from streamcp.deadletter import dead_letters_for
-from streamcp.dispatcher import Dispatcher
+from streamcp.dispatcher import Dispatcher, runs_inline
 from streamcp.errors import (
     CheckpointStoreError,
     ConfigError,
@@ -48,6 +48,7 @@ from streamcp.source import (
     OFFSET_BEGINNING,
     OFFSET_END,
     OFFSET_STORED,
+    KafkaError,
     consumer_settings,
     from_kafka,
     group_by_partition,
@@ -55,7 +56,13 @@ from streamcp.source import (
     to_kafka,
 )
 from streamcp.store import Checkpoint, CheckpointStore, Owner, Refusal
-from streamcp.tracker import OffsetTracker
+from streamcp.tracker import OffsetTracker, Unit
+
+MAX_POLL_HINT = (
+    "a handler call held the loop longer than kafka.max_poll_interval_ms, so "
+    "the consumer left its group: give the handler a timeout_s, or set "
+    'consumer.execution = "threads" to run handlers off the loop\'s thread'
+)
 
 PartitionStatus = Literal["waiting", "active", "paused", "fenced"]
 
@@ -144,14 +151,23 @@ class Service:
 
     def run(self) -> int:
         """Consume until stopped; returns the exit status (see module doc)."""
+        try:
+            inline = runs_inline(self._config.consumer, list(self._router))
+        except ConfigError as exc:
+            self._fail(exc)
+            return 2
         self._serve_http()
         self._dispatcher = Dispatcher(
             concurrency=self._config.consumer.concurrency,
             ordering=self._config.consumer.ordering,
             dead_letters=dead_letters_for(self._config, self._router),
             clock=self._clock,
+            inline=inline,
+            slice_s=self._config.consumer.poll_timeout_s,
         )
-        self._dispatcher.on_unit_ran = self._observer.unit_ran
+        self._dispatcher.on_unit_ran = (
+            self._unit_ran_inline if inline else self._observer.unit_ran
+        )
         try:
             self._setup_handlers()
         except ServiceError as exc:
@@ -195,13 +211,24 @@ class Service:
         """Why the service stopped with status 1, if it did."""
         return self._failure
 
+    def _unit_ran_inline(self, unit: Unit, seconds: float) -> None:
+        # Handling a poll's events is the loop's work too: it is alive.
+        self._observer.unit_ran(unit, seconds)
+        self.health.iterated()
+
     def _iterate(self) -> None:
         consumer = self._consumer
+        dispatcher = self._dispatcher
+        # Inline work left over (a unit that yielded, a retry now due): only
+        # look for new messages, without waiting for them.
+        busy = dispatcher is not None and dispatcher.inline and dispatcher.has_ready()
         messages = consumer.consume(
-            self._batch_limit(), self._config.consumer.poll_timeout_s
+            self._batch_limit(), 0 if busy else self._config.consumer.poll_timeout_s
         )
         if messages:
             self._dispatch(messages)
+        if self._dispatcher is not None:
+            self._dispatcher.run_ready()  # inline: handle them now
         self._check_failures()
         if self._waiting() and self._clock() >= self._claim_retry_at:
             self._retry_claims()
@@ -260,6 +287,13 @@ class Service:
             error = message.error()
             if error.fatal():
                 raise ServiceError(f"fatal Kafka error: {error.str()}")
+            if error.code() == KafkaError._MAX_POLL_EXCEEDED:
+                self.log.warning(
+                    "consumer.max_poll_exceeded",
+                    reason=error.str(),
+                    hint=MAX_POLL_HINT,
+                )
+                continue
             self.log.warning(
                 "consumer.error",
                 code=error.name(),
@@ -574,6 +608,10 @@ class Service:
         if self._dispatcher is not None:
             self._dispatcher.abandon_retries(parts)
         while not self._tracker.all_finished(parts):
+            if self._dispatcher is not None:
+                self._dispatcher.run_ready(deadline)  # inline: run what is left
+            if self._tracker.all_finished(parts):
+                break
             if self._clock() >= deadline:
                 self.log.warning(
                     "partition.drain_timeout", in_flight=self._tracker.in_flight_events

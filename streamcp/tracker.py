@@ -47,6 +47,7 @@ class Unit:
         "size",
         "skipped",
         "topic_partition",
+        "yield_now",
     )
 
     def __init__(
@@ -70,6 +71,9 @@ class Unit:
         self.attempts = 0
         self.retry_at: float | None = None
         self.running = False
+        # Set (inline) to have the worker stop between two events; the unit
+        # goes on at the next call.
+        self.yield_now = False
         # Outcome counts, for metrics and the test kit.
         self.retried = 0
         self.skipped = 0

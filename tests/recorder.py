@@ -22,6 +22,7 @@ class RecorderOptions:
     fail_at: list[str] = field(default_factory=list)  # "partition:offset"
     delay_ms: int = 0
     slow_at: list[str] = field(default_factory=list)  # "partition:offset:seconds"
+    slow_once: bool = False  # stall at a slow_at event the first time only
 
 
 class Recorder:
@@ -44,7 +45,10 @@ class Recorder:
         if where in self._fail:
             raise RuntimeError(f"told to fail at {where}")
         if where in self._slow:
-            time.sleep(self._slow[where])
+            stall = self._slow[where]
+            if self.options.slow_once:
+                del self._slow[where]
+            time.sleep(stall)
         if self.options.delay_ms:
             time.sleep(self.options.delay_ms / 1000)
         line = f"{os.getpid()} {event.topic} {event.partition} {event.offset}\n"

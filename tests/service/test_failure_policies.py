@@ -203,9 +203,14 @@ def test_pause_keeps_checkpoint_others_reach_end_and_resume_continues(
     with ServiceThread(
         config, handler, policy={"retry_attempts": 2, "retry_backoff_s": 0.05}
     ):
+        # The checkpoint of 1 may reach 2 (a commit) before its retries run
+        # out and the pause is recorded: wait for both.
         wait_for(
-            lambda: checkpoints(setup["store"], setup["group"]) == {0: 6, 1: 2, 2: 6},
-            what="1 stays at 2, others at 6",
+            lambda: (
+                checkpoints(setup["store"], setup["group"]) == {0: 6, 1: 2, 2: 6}
+                and setup["store"].read(setup["group"])[tp(setup["topic"], 1)].paused
+            ),
+            what="1 paused at 2, others at 6",
         )
         stored = setup["store"].read(setup["group"])[tp(setup["topic"], 1)]
         assert (stored.paused, stored.paused_offset) == (True, 2)
@@ -350,9 +355,9 @@ def test_handler_slower_than_max_poll_interval_causes_no_rebalance(
     setup: dict[str, Any],
     tmp_path: Path,
 ) -> None:
-    """A real process whose handler takes 8 s on one event, with
-    max.poll.interval.ms at 6 s, keeps its single assignment for the whole run
-    and handles every event."""
+    """With handlers on worker threads, a real process whose handler takes
+    8 s on one event, with max.poll.interval.ms at 6 s, keeps its single
+    assignment for the whole run and handles every event."""
     produce(setup["kafka"].bootstrap_servers, setup["topic"], 3, 3)
     record = tmp_path / "handled.txt"
     raw = raw_config(
@@ -362,6 +367,7 @@ def test_handler_slower_than_max_poll_interval_causes_no_rebalance(
         setup["topic"],
         setup["group"],
         kafka={"max_poll_interval_ms": 6000},
+        consumer={"execution": "threads"},
         handler={"options": {"path": str(record), "slow_at": ["0:1:8"]}},
     )
     proc = ServiceProcess(
@@ -380,6 +386,44 @@ def test_handler_slower_than_max_poll_interval_causes_no_rebalance(
     assert sorted((r.partition, r.offset) for r in read_handled(record)) == [
         (p, o) for p in range(3) for o in range(3)
     ]
+
+
+def test_inline_a_call_past_max_poll_interval_loses_the_partitions_not_events(
+    setup: dict[str, Any],
+    tmp_path: Path,
+) -> None:
+    """With handlers inline (the default here), one 8 s call with
+    max.poll.interval.ms at 6 s makes librdkafka leave the group: the service
+    says why and what to change, joins again, and every event is handled
+    with the checkpoints at the end; none moved past an unhandled event."""
+    produce(setup["kafka"].bootstrap_servers, setup["topic"], 3, 3)
+    record = tmp_path / "handled.txt"
+    raw = raw_config(
+        setup["kafka"].bootstrap_servers,
+        setup["redis"].url,
+        setup["prefix"],
+        setup["topic"],
+        setup["group"],
+        kafka={"max_poll_interval_ms": 6000},
+        handler={
+            "options": {"path": str(record), "slow_at": ["0:1:8"], "slow_once": True}
+        },
+    )
+    proc = ServiceProcess(
+        write_config(tmp_path / "c.toml", raw),
+        tmp_path / "log",
+        "--stop-when-caught-up",
+    )
+    try:
+        assert proc.wait(90) == 0
+    finally:
+        proc.kill()
+    [exceeded] = proc.saw("consumer.max_poll_exceeded")
+    assert "threads" in exceeded["hint"] and "timeout_s" in exceeded["hint"]
+    assert len(proc.saw("partition.assigned")) >= 2
+    handled = {(r.partition, r.offset) for r in read_handled(record)}
+    assert handled == {(p, o) for p in range(3) for o in range(3)}
+    assert checkpoints(setup["store"], setup["group"]) == {0: 3, 1: 3, 2: 3}
 
 
 def test_handler_timeout_counts_as_failure_and_retry_waits_for_the_call(

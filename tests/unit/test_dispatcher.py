@@ -1,4 +1,4 @@
-"""The dispatcher under revocation races and hung handler calls."""
+"""The dispatcher: revocation races, hung handler calls, and inline mode."""
 
 from __future__ import annotations
 
@@ -8,9 +8,13 @@ import textwrap
 import threading
 import time
 
-from streamcp.dispatcher import Dispatcher
+import pytest
+
+from streamcp.config import ConsumerConfig
+from streamcp.dispatcher import Dispatcher, runs_inline
+from streamcp.errors import ConfigError
 from streamcp.events import Event, TopicPartition
-from streamcp.handlers import build
+from streamcp.handlers import build, failure_policy
 from streamcp.tracker import OffsetTracker
 
 TP = TopicPartition("t", 0)
@@ -87,3 +91,139 @@ def test_a_hung_call_with_a_timeout_does_not_keep_the_process_alive() -> None:
     )
     assert proc.returncode == 0, proc.stderr
     assert "closed" in proc.stdout
+
+
+def test_an_inline_dispatcher_runs_units_on_the_callers_thread_in_run_ready() -> None:
+    """Inline, nothing runs until run_ready(), which handles every queued
+    unit on the calling thread; no worker thread is started."""
+    threads: list[int] = []
+    handler = build(lambda event: threads.append(threading.get_ident()), {})
+    before = threading.active_count()
+    dispatcher = Dispatcher(inline=True)
+    assert threading.active_count() == before
+    tracker = OffsetTracker()
+    units = []
+    for partition in (0, 1):
+        tp = TopicPartition("t", partition)
+        track = tracker.start(tp, 0)
+        events = [Event(topic="t", partition=partition, offset=o) for o in (0, 1)]
+        units.append(tracker.deliver(track, events, 0))
+        dispatcher.submit(handler, units[-1])
+    time.sleep(0.05)
+    assert not any(unit.done for unit in units)
+    dispatcher.run_ready()
+    assert all(unit.finished for unit in units)
+    assert threads == [threading.get_ident()] * 4
+    assert dispatcher.finished_events() == 4
+    assert dispatcher.close(1)
+
+
+def test_inline_a_retry_waits_out_its_backoff_without_holding_other_partitions() -> (
+    None
+):
+    """A failed event's retry is not run until its backoff has passed: the
+    call returns at once, the other partition's unit is handled meanwhile,
+    and a later call after the backoff resumes at the failed event."""
+    now = [100.0]
+    calls: list[tuple[int, int]] = []
+
+    def handle(event: Event) -> None:
+        calls.append((event.partition, event.offset))
+        if event.partition == 0 and event.offset == 1 and calls.count((0, 1)) == 1:
+            raise RuntimeError("first attempt fails")
+
+    handler = build(handle, {})
+    handler.policy = failure_policy(
+        handle, {"retry_attempts": 3, "retry_backoff_s": 5.0}
+    )
+    dispatcher = Dispatcher(inline=True, clock=lambda: now[0])
+    tracker = OffsetTracker()
+    failing = tracker.deliver(tracker.start(TP, 0), _events(0, 1, 2), 0)
+    other_tp = TopicPartition("t", 1)
+    other = tracker.deliver(
+        tracker.start(other_tp, 0),
+        [Event(topic="t", partition=1, offset=o) for o in (0, 1)],
+        0,
+    )
+    dispatcher.submit(handler, failing)
+    dispatcher.submit(handler, other)
+    dispatcher.run_ready()
+    assert (failing.done, failing.retry_at is not None) == (1, True)
+    assert other.finished
+    dispatcher.run_ready()  # the backoff has not passed: nothing is retried
+    assert calls.count((0, 1)) == 1
+    now[0] += 5.0
+    dispatcher.run_ready()
+    assert failing.finished
+    assert calls == [(0, 0), (0, 1), (1, 0), (1, 1), (0, 1), (0, 2)]
+    assert dispatcher.close(1)
+
+
+@pytest.mark.parametrize(
+    ("execution", "concurrency", "timeout_s", "inline"),
+    [
+        ("auto", 1, None, True),
+        ("auto", 2, None, False),
+        ("auto", 1, 5.0, False),
+        ("threads", 1, None, False),
+        ("inline", 1, None, True),
+    ],
+)
+def test_where_handlers_run_follows_consumer_execution(
+    execution: str, concurrency: int, timeout_s: float | None, inline: bool
+) -> None:
+    """auto is inline unless several workers or a handler timeout need the
+    loop to go on polling while a handler works."""
+
+    def handle(event: Event) -> None:
+        pass
+
+    handler = build(handle, {})
+    if timeout_s is not None:
+        handler.policy = failure_policy(handle, {"timeout_s": timeout_s})
+    consumer = ConsumerConfig(execution=execution, concurrency=concurrency)  # type: ignore[arg-type]
+    assert runs_inline(consumer, [handler]) is inline
+
+
+def test_inline_refuses_a_handler_timeout_and_several_workers() -> None:
+    """A timeout cannot be enforced inline, nor can concurrency: both are
+    configuration errors naming consumer.execution."""
+
+    def handle(event: Event) -> None:
+        pass
+
+    handler = build(handle, {})
+    handler.policy = failure_policy(handle, {"timeout_s": 1.0})
+    with pytest.raises(ConfigError, match="timeout_s") as refused:
+        runs_inline(ConsumerConfig(execution="inline"), [handler])
+    assert refused.value.field == "consumer.execution"
+    with pytest.raises(ConfigError, match="concurrency is 2") as refused:
+        ConsumerConfig(execution="inline", concurrency=2)
+    assert refused.value.field == "consumer.execution"
+
+
+def test_inline_a_slow_unit_yields_to_the_loop_between_events() -> None:
+    """Inline, a unit that runs longer than the slice stops between two
+    events and hands the thread back (the loop can commit and see signals);
+    the next run_ready() goes on at the next event, none handled twice."""
+    handled: list[int] = []
+
+    def handle(event: Event) -> None:
+        time.sleep(0.02)
+        handled.append(event.offset)
+
+    dispatcher = Dispatcher(inline=True, slice_s=0.05)
+    tracker = OffsetTracker()
+    unit = tracker.deliver(tracker.start(TP, 0), _events(*range(20)), 0)
+    dispatcher.submit(build(handle, {}), unit)
+    calls = 0
+    while not unit.finished and calls < 100:
+        dispatcher.run_ready()
+        calls += 1
+        if not unit.finished:
+            assert dispatcher.has_ready()
+    assert unit.finished
+    assert calls > 1, "the unit never yielded"
+    assert handled == list(range(20))
+    assert not dispatcher.has_ready()
+    assert dispatcher.close(1)
