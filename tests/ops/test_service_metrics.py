@@ -46,12 +46,16 @@ def _partition_values(
 def test_scrape_while_held_shows_lag_and_in_flight_then_zero_lag_when_caught_up(
     setup: Setup,
 ) -> None:
-    """While a handler holds 30 delivered events, /metrics shows lag 10 per
-    partition and 30 events in flight; once released and committed it shows
-    30 handled, checkpoints at 10, lag 0 and the commits and rebalance."""
+    """While a handler on a worker thread holds 30 delivered events, /metrics
+    shows lag 10 per partition and 30 events in flight; once released and
+    committed it shows 30 handled, checkpoints at 10, lag 0 and the commits
+    and rebalance."""
     produce(setup.kafka.bootstrap_servers, setup.topic, 3, 10)
     gate = Gate()
-    config = setup.config(commit={"every_events": 5, "every_seconds": 0.5})
+    config = setup.config(
+        commit={"every_events": 5, "every_seconds": 0.5},
+        consumer={"execution": "threads"},
+    )
     with ServiceThread(config, gate) as running:
         address = _address(running)
         wait_for(
@@ -123,11 +127,15 @@ def test_scrape_while_held_shows_lag_and_in_flight_then_zero_lag_when_caught_up(
 
 
 def test_healthz_stays_healthy_while_a_handler_is_slow(setup: Setup) -> None:
-    """With a liveness bound of 1 s, a handler that takes 3 s per event never
-    makes /healthz fail: the loop keeps polling meanwhile."""
+    """With handlers on worker threads and a liveness bound of 1 s, a handler
+    that takes 3 s per event never makes /healthz fail: the loop keeps
+    polling meanwhile."""
     produce(setup.kafka.bootstrap_servers, setup.topic, 3, 1)
     gate = Gate()
-    config = setup.config(metrics={"address": "127.0.0.1:0", "liveness_timeout_s": 1.0})
+    config = setup.config(
+        metrics={"address": "127.0.0.1:0", "liveness_timeout_s": 1.0},
+        consumer={"execution": "threads"},
+    )
     with ServiceThread(config, gate) as running:
         address = _address(running)
         wait_for(
@@ -142,3 +150,34 @@ def test_healthz_stays_healthy_while_a_handler_is_slow(setup: Setup) -> None:
             time.sleep(0.1)
         assert gate.handled == 0
         gate.open.set()
+
+
+def test_inline_healthz_fails_only_while_one_call_holds_the_loop_past_the_bound(
+    setup: Setup,
+) -> None:
+    """With handlers inline and a liveness bound of 1 s, a call held for
+    longer makes /healthz say "stalled" (the loop cannot poll meanwhile);
+    once it returns the instance is alive again and the events are
+    committed."""
+    produce(setup.kafka.bootstrap_servers, setup.topic, 1, 1)
+    gate = Gate()
+    config = setup.config(
+        metrics={"address": "127.0.0.1:0", "liveness_timeout_s": 1.0},
+        consumer={"execution": "inline"},
+    )
+    with ServiceThread(config, gate) as running:
+        address = _address(running)
+        wait_for(
+            lambda: probe(address, "/healthz")[1]["status"] == "stalled",
+            what="stalled while the call holds the loop",
+        )
+        assert gate.handled == 0
+        gate.open.set()
+        wait_for(
+            lambda: probe(address, "/healthz")[1]["status"] == "alive",
+            what="alive once the call returned",
+        )
+        wait_for(
+            lambda: checkpoints(setup.store, setup.group).get(0) == 1,
+            what="the event committed",
+        )
