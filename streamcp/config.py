@@ -257,7 +257,7 @@ class ConsumerConfig:
 
     batch_size: int = 500
     poll_timeout_s: float = 0.1
-    max_in_flight_events: int = 20_000
+    max_in_flight_events: int = 100_000
     max_in_flight_bytes: int = 64 * 1024 * 1024
     drain_timeout_s: float = 10.0
     start_policy: StartPolicy = "earliest"

@@ -14,7 +14,7 @@ event.
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Any, Literal
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from prometheus_client.exposition import CONTENT_TYPE_LATEST, generate_latest
@@ -97,6 +97,8 @@ class Metrics:
             buckets=HANDLER_BUCKETS_S,
             registry=r,
         )
+        # The labelled child per topic, looked up once: observed per unit.
+        self._handler_duration_of: dict[str, Any] = {}
         self.commit_duration = Histogram(
             "streamcp_commit_duration_seconds",
             "Time of one commit call to the checkpoint store, whatever its result.",
@@ -187,7 +189,12 @@ class Metrics:
 
     def observe_handler(self, topic: str, seconds: float) -> None:
         """One unit of ``topic`` took ``seconds`` in its handler."""
-        self.handler_duration.labels(topic).observe(seconds)
+        child = self._handler_duration_of.get(topic)
+        if child is None:
+            child = self._handler_duration_of[topic] = self.handler_duration.labels(
+                topic
+            )
+        child.observe(seconds)
 
     # -- commits -------------------------------------------------------------
 

@@ -263,7 +263,9 @@ class Replay:
         dispatcher = self._dispatcher
         if dispatcher is None:
             return
-        for tp, events, nbytes in group_by_partition(good, run_id=self._run.id):
+        for tp, events, nbytes in group_by_partition(
+            good, run_id=self._run.id, topic=self._run.topic
+        ):
             part = self._parts.get(tp)
             track = self._tracker.get(tp)
             if part is None or part.done or track is None:

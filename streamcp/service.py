@@ -107,6 +107,13 @@ class Service:
         self._config = config
         self._store = store
         self._router = router
+        # Subscribed to one topic by name: every message is of that topic.
+        kafka = config.kafka
+        self._one_topic = (
+            kafka.topics[0]
+            if kafka.topic_pattern is None and len(kafka.topics) == 1
+            else None
+        )
         self._owner = owner or Owner.for_this_process()
         self._clock = clock
         self._stop_when_caught_up = stop_when_caught_up
@@ -268,7 +275,7 @@ class Service:
             self._log_errors(errored)
         dispatcher = self._dispatcher
         assert dispatcher is not None  # set by run() before polling
-        for tp, events, nbytes in group_by_partition(good):
+        for tp, events, nbytes in group_by_partition(good, topic=self._one_topic):
             owned = self._partitions.get(tp)
             track = self._tracker.get(tp)
             if owned is None or owned.status != "active" or track is None:

@@ -76,6 +76,7 @@ def consumer_settings(config: KafkaConfig, start_policy: StartPolicy) -> dict[st
         }
     )
     settings.setdefault("fetch.queue.backoff.ms", 10)
+    settings.setdefault("queued.max.messages.kbytes", 8192)
     settings.setdefault("logger", librdkafka_logger())
     if config.group_instance_id:
         settings["group.instance.id"] = config.group_instance_id
@@ -129,18 +130,24 @@ def split_errors(messages: Sequence[Any]) -> tuple[Sequence[Any], list[Any]]:
 
 
 def group_by_partition(
-    messages: Sequence[Any], run_id: str | None = None
+    messages: Sequence[Any], run_id: str | None = None, topic: str | None = None
 ) -> Iterator[tuple[TopicPartition, MessageBatch, int]]:
     """Yield (partition, its events in offset order, value bytes) per run.
 
     Consecutive messages of one partition form one run; a partition that
     comes back later in the same batch yields a second run. The events are
     a :class:`MessageBatch`: nothing is made per record until it is read.
+    ``topic``, when the consumer reads that one topic only, spares reading
+    each message's topic.
     """
     if not messages:
         return
-    topics, partitions = _topics_and_partitions(messages)
-    for start, end in _runs(topics, partitions):
+    if topic is None:
+        topics, partitions = _topics_and_partitions(messages)
+    else:
+        partitions = _partitions(messages)
+        topics = [topic] * len(partitions)
+    for start, end in _runs(topics, partitions, topic is not None):
         topic, partition = topics[start], partitions[start]
         run = messages[start:end] if end - start < len(messages) else messages
         yield (
@@ -316,10 +323,21 @@ def _topics_and_partitions(messages: Sequence[Any]) -> tuple[list[Any], list[Any
         return [m.topic() for m in messages], [m.partition() for m in messages]
 
 
-def _runs(topics: list[Any], partitions: list[Any]) -> list[tuple[int, int]]:
+def _partitions(messages: Sequence[Any]) -> list[Any]:
+    try:
+        return list(map(_message_partition, messages))
+    except TypeError:  # not confluent-kafka's own messages (a test double)
+        return [m.partition() for m in messages]
+
+
+def _runs(
+    topics: list[Any], partitions: list[Any], one_topic: bool = False
+) -> list[tuple[int, int]]:
     """(start, end) of each run of one topic-partition in a batch."""
     size = len(partitions)
-    if partitions.count(partitions[0]) == size and topics.count(topics[0]) == size:
+    if partitions.count(partitions[0]) == size and (
+        one_topic or topics.count(topics[0]) == size
+    ):
         return [(0, size)]  # the usual case: a fetch brings one partition
     starts = [0] + [
         index
