@@ -10,8 +10,9 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable
 
 from streamcp.config import CommitConfig
+from streamcp.events import TopicPartition
 from streamcp.store import CommitRequest
-from streamcp.tracker import PartitionTrack
+from streamcp.tracker import OffsetTracker, PartitionTrack
 
 Clock = Callable[[], float]
 
@@ -83,3 +84,20 @@ def commit_requests(
         )
         requests.append((request, track, finished))
     return requests
+
+
+def record_accepted(
+    tracker: OffsetTracker,
+    pending: Iterable[tuple[CommitRequest, PartitionTrack, int]],
+    accepted: Iterable[TopicPartition],
+) -> list[CommitRequest]:
+    """Move the tracker past what the store accepted; the accepted requests."""
+    taken = set(accepted)
+    done = []
+    for request, track, finished_then in pending:
+        if request.topic_partition not in taken:
+            continue
+        tracker.committed(track, request.offset)
+        track.finished_at_commit = finished_then
+        done.append(request)
+    return done

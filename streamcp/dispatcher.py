@@ -546,15 +546,22 @@ def _call_with_timeout(
 
 
 def _decoder(policy: FailurePolicy) -> Callable[[Event], None] | None:
-    key_codec, value_codec = policy.key_codec, policy.value_codec
-    if key_codec.name == "bytes" and value_codec.name == "bytes":
+    if policy.key_codec.name == "bytes" and policy.value_codec.name == "bytes":
         return None
 
     def decode(event: Event) -> None:
-        event.decoded_key = _decode(key_codec, event.key, event, "key")
-        event.decoded_value = _decode(value_codec, event.value, event, "value")
+        decode_fields(policy, event)
 
     return decode
+
+
+def decode_fields(policy: FailurePolicy, event: Event) -> None:
+    """Set the event's decoded key and value with the policy's codecs.
+
+    Raises :class:`~streamcp.errors.DecodeError` naming what did not decode.
+    """
+    event.decoded_key = _decode(policy.key_codec, event.key, event, "key")
+    event.decoded_value = _decode(policy.value_codec, event.value, event, "value")
 
 
 def _decode(codec: Any, data: bytes | None, event: Event, what: str) -> Any:

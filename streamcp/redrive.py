@@ -35,14 +35,14 @@ from typing import Any
 import confluent_kafka
 import structlog
 
-from streamcp.codecs import Codec, codec_by_name
+from streamcp.codecs import codec_by_name
 from streamcp.committer import Clock
 from streamcp.config import Config, HandlerConfig
 from streamcp.deadletter import HEADER_PREFIX, DeadLetters
+from streamcp.dispatcher import decode_fields
 from streamcp.errors import (
     ConfigError,
     DeadLetterFailed,
-    DecodeError,
     HandlerTimeout,
     NonRetryable,
     NotADeadLetter,
@@ -259,7 +259,7 @@ class RedriveHandler:
         """One call of the handler; the error it made, if any."""
         started = self._clock()
         try:
-            _decode(self._retries, event)
+            decode_fields(self._retries, event)
             self._handler.handle(event)
         except BatchFailed as exc:
             return exc.__cause__ if isinstance(exc.__cause__, Exception) else exc
@@ -331,35 +331,6 @@ def _context(record: Event, event: Event) -> dict[str, Any]:
         "original_partition": event.partition,
         "original_offset": event.offset,
     }
-
-
-def _decode(policy: FailurePolicy, event: Event) -> None:
-    """Decode as the dispatcher does; raises :class:`DecodeError`."""
-    event.decoded_key = _decoded(policy.key_codec, event.key, event, "key")
-    event.decoded_value = _decoded(policy.value_codec, event.value, event, "value")
-
-
-def _decoded(codec: Codec, data: bytes | None, event: Event, what: str) -> Any:
-    if codec.name == "bytes":
-        return data
-    if data is None:
-        if codec.tombstones or what == "key":
-            return None
-        raise DecodeError(
-            event.topic,
-            event.partition,
-            event.offset,
-            f"tombstone (no {what}) where the {codec.name} codec needs one",
-        )
-    try:
-        return codec.decode(data)
-    except Exception as exc:  # any codec error means undecodable
-        raise DecodeError(
-            event.topic,
-            event.partition,
-            event.offset,
-            f"{what} is not valid {codec.name}: {exc}",
-        ) from exc
 
 
 @dataclass(frozen=True)

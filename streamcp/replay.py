@@ -36,10 +36,9 @@ from typing import Any, Literal
 import confluent_kafka
 import structlog
 
-from streamcp.committer import Clock, CommitTimer, commit_requests
+from streamcp.committer import Clock, CommitTimer, commit_requests, record_accepted
 from streamcp.config import Config, KafkaConfig
-from streamcp.deadletter import dead_letters_for
-from streamcp.dispatcher import Dispatcher, runs_inline
+from streamcp.dispatcher import Dispatcher
 from streamcp.errors import (
     HandlerFailed,
     ReplayError,
@@ -48,6 +47,17 @@ from streamcp.errors import (
 )
 from streamcp.events import TopicPartition
 from streamcp.handlers import Handler
+from streamcp.loop import (
+    bound_wants_commit,
+    commit_until,
+    deliver,
+    drain,
+    log_consumer_errors,
+    make_dispatcher,
+    over_bound,
+    poll_timeout,
+    set_paused,
+)
 from streamcp.progress import Progress
 from streamcp.ranges import BrokerView, PartitionRange, RangeRequest, resolve
 from streamcp.runs import RunRecord, RunStatus, RunStore
@@ -195,13 +205,7 @@ class Replay:
 
     def run(self) -> ReplayOutcome:
         """Replay until done or stopped; records the outcome in the run."""
-        self._dispatcher = Dispatcher(
-            concurrency=self._config.consumer.concurrency,
-            ordering=self._config.consumer.ordering,
-            dead_letters=dead_letters_for(self._config, [self._handler]),
-            inline=runs_inline(self._config.consumer, [self._handler]),
-            slice_s=self._config.consumer.poll_timeout_s,
-        )
+        self._dispatcher = make_dispatcher(self._config, [self._handler])
         try:
             self._setup_handler()
             self._claim()
@@ -222,13 +226,9 @@ class Replay:
     # -- the loop --------------------------------------------------------------
 
     def _iterate(self) -> None:
-        consumer_config = self._config.consumer
-        dispatcher = self._dispatcher
-        # Inline work left over (a unit that yielded, a retry now due): only
-        # look for new messages, without waiting for them.
-        busy = dispatcher is not None and dispatcher.inline and dispatcher.has_ready()
+        limits = self._config.consumer
         messages = self._consumer.consume(
-            consumer_config.batch_size, 0 if busy else consumer_config.poll_timeout_s
+            limits.batch_size, poll_timeout(self._dispatcher, limits)
         )
         if messages:
             self._dispatch(messages)
@@ -236,30 +236,18 @@ class Replay:
             self._dispatcher.run_ready()  # inline: handle them now
         self._check_failures()
         self._follow_positions()
-        if self._timer.due(self._finished_events()) or self._bound_wants_commit():
+        if self._timer.due(self._finished_events()) or bound_wants_commit(
+            self._tracker, limits, self._timer.retrying
+        ):
             self._commit()
         self._watch_run()
         self._apply_pauses()
         self._show_progress()
 
-    def _bound_wants_commit(self) -> bool:
-        """At the in-flight bound, commit now, as the service does: finished
-        events free room only once committed, so waiting for the policy
-        would hold the run to one bound's worth of events per period."""
-        if self._timer.retrying:
-            return False
-        limits = self._config.consumer
-        tracker = self._tracker
-        over = (
-            tracker.in_flight_events >= limits.max_in_flight_events
-            or tracker.in_flight_bytes >= limits.max_in_flight_bytes
-        )
-        return over and any(track.checkpoint() != track.committed for track in tracker)
-
     def _dispatch(self, messages: Sequence[Any]) -> None:
         good, errored = split_errors(messages)
         if errored:
-            self._log_errors(errored)
+            log_consumer_errors(self.log, errored, ReplayError)
         dispatcher = self._dispatcher
         if dispatcher is None:
             return
@@ -277,25 +265,8 @@ class Replay:
                 if events[-1].offset < end
                 else events[: bisect_left(events.offsets(), end)]
             )
-            if not wanted:
-                continue
-            for index, (lane, lane_events) in enumerate(dispatcher.split(wanted)):
-                unit = self._tracker.deliver(
-                    track, lane_events, nbytes if index == 0 else 0
-                )
-                dispatcher.submit(self._handler, unit, lane)
-
-    def _log_errors(self, errored: Sequence[Any]) -> None:
-        for message in errored:
-            error = message.error()
-            if error.fatal():
-                raise ReplayError(f"fatal Kafka error: {error.str()}")
-            self.log.warning(
-                "consumer.error",
-                code=error.name(),
-                reason=error.str(),
-                partition=message.partition(),
-            )
+            if wanted:
+                deliver(dispatcher, self._tracker, track, self._handler, wanted, nbytes)
 
     def _check_failures(self) -> None:
         if self._failure is not None:
@@ -472,16 +443,9 @@ class Replay:
             )
             return False
         self._timer.succeeded(finished)
-        accepted = set(result.accepted)
-        progress: dict[int, int] = {}
-        events = 0
-        for request, track, finished_then in pending:
-            if request.topic_partition not in accepted:
-                continue
-            self._tracker.committed(track, request.offset)
-            track.finished_at_commit = finished_then
-            progress[request.topic_partition.partition] = request.offset
-            events += request.events
+        accepted = record_accepted(self._tracker, pending, result.accepted)
+        progress = {r.topic_partition.partition: r.offset for r in accepted}
+        events = sum(r.events for r in accepted)
         if result.refused:
             self._fence(
                 f"the store refused {len(result.refused)} checkpoint(s): "
@@ -509,17 +473,9 @@ class Replay:
             self._fence("the run record names another owner")
 
     def _commit_until(self, deadline: float) -> bool:
-        while not self._commit():
-            if self._fenced:
-                return False
-            if self._clock() >= deadline:
-                self.log.error(
-                    "checkpoint.commit_abandoned",
-                    reason="store did not answer within the drain timeout",
-                )
-                return False
-            time.sleep(0.05)
-        return True
+        return commit_until(
+            self._commit, deadline, self._clock, self.log, lambda: self._fenced
+        )
 
     def _fence(self, reason: str) -> None:
         if not self._fenced:
@@ -546,22 +502,19 @@ class Replay:
             self._stop.set()
 
     def _apply_pauses(self) -> None:
-        limits = self._config.consumer
-        over = (
-            self._tracker.in_flight_events >= limits.max_in_flight_events
-            or self._tracker.in_flight_bytes >= limits.max_in_flight_bytes
-        )
+        over = over_bound(self._tracker, self._config.consumer)
         stopping = self._stop.is_set()
         wanted = {
             tp for tp in self._assigned if over or stopping or self._parts[tp].done
         }
-        to_pause = wanted - self._paused
-        to_resume = self._paused - wanted
-        if to_pause:
-            self._consumer.pause([to_kafka(tp) for tp in to_pause])
-        if to_resume:
-            self._consumer.resume([to_kafka(tp) for tp in to_resume])
-        self._paused = wanted
+        self._paused = set_paused(
+            self._consumer,
+            self._paused,
+            wanted,
+            self._assigned,
+            self.log,
+            self._tracker.in_flight_events,
+        )
 
     def _show_progress(self) -> None:
         if self._progress is not None:
@@ -600,18 +553,16 @@ class Replay:
                     unit.cancelled = True
 
     def _drain(self, timeout_s: float) -> None:
-        deadline = self._clock() + timeout_s
-        while not self._tracker.all_finished():
-            if self._dispatcher is not None:
-                self._dispatcher.run_ready()  # inline: run what is left
-            if self._tracker.all_finished():
-                break
-            if self._clock() >= deadline:
-                self.log.warning(
-                    "replay.drain_timeout", in_flight=self._tracker.in_flight_events
-                )
-                return
-            time.sleep(0.005)
+        drain(
+            self._tracker,
+            self._dispatcher,
+            None,
+            self._clock() + timeout_s,
+            self._clock,
+            lambda: self.log.warning(
+                "replay.drain_timeout", in_flight=self._tracker.in_flight_events
+            ),
+        )
 
     def _outcome_status(self) -> tuple[OutcomeStatus, str]:
         if self._fenced:

@@ -17,17 +17,16 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
 
 import confluent_kafka
 import structlog
 
-from streamcp.committer import Clock, CommitTimer, commit_requests
+from streamcp.committer import Clock, CommitTimer, commit_requests, record_accepted
 from streamcp.config import Config, split_address
-from streamcp.deadletter import dead_letters_for
-from streamcp.dispatcher import Dispatcher, runs_inline
+from streamcp.dispatcher import Dispatcher
 from streamcp.errors import (
     CheckpointStoreError,
     ConfigError,
@@ -40,6 +39,17 @@ from streamcp.errors import (
 )
 from streamcp.events import TopicPartition
 from streamcp.health import Health, HealthServer
+from streamcp.loop import (
+    bound_wants_commit,
+    commit_until,
+    deliver,
+    drain,
+    log_consumer_errors,
+    make_dispatcher,
+    over_bound,
+    poll_timeout,
+    set_paused,
+)
 from streamcp.metrics import Metrics
 from streamcp.observe import KAFKA_STALE_S, STATS_INTERVAL_MS, LoopObserver
 from streamcp.recovery import StoreLossGuard
@@ -48,7 +58,6 @@ from streamcp.source import (
     OFFSET_BEGINNING,
     OFFSET_END,
     OFFSET_STORED,
-    KafkaError,
     consumer_settings,
     from_kafka,
     group_by_partition,
@@ -57,12 +66,6 @@ from streamcp.source import (
 )
 from streamcp.store import Checkpoint, CheckpointStore, Owner, Refusal
 from streamcp.tracker import OffsetTracker, Unit
-
-MAX_POLL_HINT = (
-    "a handler call held the loop longer than kafka.max_poll_interval_ms, so "
-    "the consumer left its group: give the handler a timeout_s, or set "
-    'consumer.execution = "threads" to run handlers off the loop\'s thread'
-)
 
 PartitionStatus = Literal["waiting", "active", "paused", "fenced"]
 
@@ -159,21 +162,17 @@ class Service:
     def run(self) -> int:
         """Consume until stopped; returns the exit status (see module doc)."""
         try:
-            inline = runs_inline(self._config.consumer, list(self._router))
+            self._dispatcher = make_dispatcher(
+                self._config, list(self._router), self._clock
+            )
         except ConfigError as exc:
             self._fail(exc)
             return 2
         self._serve_http()
-        self._dispatcher = Dispatcher(
-            concurrency=self._config.consumer.concurrency,
-            ordering=self._config.consumer.ordering,
-            dead_letters=dead_letters_for(self._config, self._router),
-            clock=self._clock,
-            inline=inline,
-            slice_s=self._config.consumer.poll_timeout_s,
-        )
         self._dispatcher.on_unit_ran = (
-            self._unit_ran_inline if inline else self._observer.unit_ran
+            self._unit_ran_inline
+            if self._dispatcher.inline
+            else self._observer.unit_ran
         )
         try:
             self._setup_handlers()
@@ -224,13 +223,8 @@ class Service:
         self.health.iterated()
 
     def _iterate(self) -> None:
-        consumer = self._consumer
-        dispatcher = self._dispatcher
-        # Inline work left over (a unit that yielded, a retry now due): only
-        # look for new messages, without waiting for them.
-        busy = dispatcher is not None and dispatcher.inline and dispatcher.has_ready()
-        messages = consumer.consume(
-            self._batch_limit(), 0 if busy else self._config.consumer.poll_timeout_s
+        messages = self._consumer.consume(
+            self._batch_limit(), poll_timeout(self._dispatcher, self._config.consumer)
         )
         if messages:
             self._dispatch(messages)
@@ -241,26 +235,15 @@ class Service:
             self._retry_claims()
         if self._clock() >= self._pause_check_at:
             self._check_pauses()
-        if self._timer.due(self._dispatcher_finished()) or self._bound_wants_commit():
+        if self._timer.due(self._dispatcher_finished()) or bound_wants_commit(
+            self._tracker, self._config.consumer, self._timer.retrying
+        ):
             self._commit()
         self._apply_pauses()
         self._observe()
         if self._stop_when_caught_up and self._caught_up():
             self.log.info("service.caught_up")
             self._stop.set()
-
-    def _bound_wants_commit(self) -> bool:
-        """At the in-flight bound, commit now: finished events free room only
-        once committed, so waiting for the policy would stall the consumer."""
-        if self._timer.retrying:
-            return False
-        limits = self._config.consumer
-        tracker = self._tracker
-        over = (
-            tracker.in_flight_events >= limits.max_in_flight_events
-            or tracker.in_flight_bytes >= limits.max_in_flight_bytes
-        )
-        return over and any(track.checkpoint() != track.committed for track in tracker)
 
     def _batch_limit(self) -> int:
         """At most a batch, and never more than the in-flight bound has room for."""
@@ -272,7 +255,7 @@ class Service:
         good, errored = split_errors(messages)
         self.log.debug("batch.polled", events=len(good), errors=len(errored))
         if errored:
-            self._log_errors(errored)
+            log_consumer_errors(self.log, errored, ServiceError)
         dispatcher = self._dispatcher
         assert dispatcher is not None  # set by run() before polling
         for tp, events, nbytes in group_by_partition(good, topic=self._one_topic):
@@ -283,31 +266,7 @@ class Service:
                 # becomes active, so these events come back then.
                 continue
             handler = self._router.for_topic(tp.topic)
-            for index, (lane, lane_events) in enumerate(dispatcher.split(events)):
-                unit = self._tracker.deliver(
-                    track, lane_events, nbytes if index == 0 else 0
-                )
-                dispatcher.submit(handler, unit, lane)
-
-    def _log_errors(self, errored: Iterable[Any]) -> None:
-        for message in errored:
-            error = message.error()
-            if error.fatal():
-                raise ServiceError(f"fatal Kafka error: {error.str()}")
-            if error.code() == KafkaError._MAX_POLL_EXCEEDED:
-                self.log.warning(
-                    "consumer.max_poll_exceeded",
-                    reason=error.str(),
-                    hint=MAX_POLL_HINT,
-                )
-                continue
-            self.log.warning(
-                "consumer.error",
-                code=error.name(),
-                reason=error.str(),
-                topic=message.topic(),
-                partition=message.partition(),
-            )
+            deliver(dispatcher, self._tracker, track, handler, events, nbytes)
 
     def _dispatcher_finished(self) -> int:
         dispatcher = self._dispatcher
@@ -614,18 +573,16 @@ class Service:
         deadline = self._clock() + self._config.consumer.drain_timeout_s
         if self._dispatcher is not None:
             self._dispatcher.abandon_retries(parts)
-        while not self._tracker.all_finished(parts):
-            if self._dispatcher is not None:
-                self._dispatcher.run_ready(deadline)  # inline: run what is left
-            if self._tracker.all_finished(parts):
-                break
-            if self._clock() >= deadline:
-                self.log.warning(
-                    "partition.drain_timeout", in_flight=self._tracker.in_flight_events
-                )
-                return False
-            time.sleep(0.005)
-        return True
+        return drain(
+            self._tracker,
+            self._dispatcher,
+            parts,
+            deadline,
+            self._clock,
+            lambda: self.log.warning(
+                "partition.drain_timeout", in_flight=self._tracker.in_flight_events
+            ),
+        )
 
     # -- commits -------------------------------------------------------------
 
@@ -660,14 +617,10 @@ class Service:
             )
             return False
         self._timer.succeeded(finished)
-        accepted = set(result.accepted)
-        mirrored = []
-        for request, track, finished_then in pending:
-            if request.topic_partition not in accepted:
-                continue
-            self._tracker.committed(track, request.offset)
-            track.finished_at_commit = finished_then
-            mirrored.append(to_kafka(request.topic_partition, request.offset))
+        mirrored = [
+            to_kafka(request.topic_partition, request.offset)
+            for request in record_accepted(self._tracker, pending, result.accepted)
+        ]
         self._observer.committed(
             result.accepted, result.refused, time.perf_counter() - started
         )
@@ -675,7 +628,7 @@ class Service:
             self._on_refused(refusal)
         self.log.debug(
             "checkpoint.committed",
-            partitions=len(accepted),
+            partitions=len(mirrored),
             refused=len(result.refused),
             duration_ms=round((time.perf_counter() - started) * 1000, 3),
         )
@@ -685,15 +638,9 @@ class Service:
     def _commit_until(
         self, parts: Sequence[TopicPartition] | None, deadline: float
     ) -> bool:
-        while not self._commit(parts):
-            if self._clock() >= deadline:
-                self.log.error(
-                    "checkpoint.commit_abandoned",
-                    reason="store did not answer within the drain timeout",
-                )
-                return False
-            time.sleep(0.05)
-        return True
+        return commit_until(
+            lambda: self._commit(parts), deadline, self._clock, self.log
+        )
 
     def _mirror(self, offsets: list[Any]) -> None:
         if not offsets or not self._config.commit.mirror_to_kafka:
@@ -839,31 +786,20 @@ class Service:
         consumer = self._consumer
         if consumer is None:
             return
-        limits = self._config.consumer
-        over = (
-            self._tracker.in_flight_events >= limits.max_in_flight_events
-            or self._tracker.in_flight_bytes >= limits.max_in_flight_bytes
-        )
+        over = over_bound(self._tracker, self._config.consumer)
         wanted = {
             tp
             for tp, owned in self._partitions.items()
             if over or owned.status != "active" or self._stop.is_set()
         }
-        to_pause = wanted - self._paused
-        to_resume = self._paused - wanted
-        if to_pause:
-            consumer.pause([to_kafka(tp) for tp in to_pause])
-            self.log.debug(
-                "consumer.backpressure",
-                paused=len(to_pause),
-                in_flight=self._tracker.in_flight_events,
-            )
-        if to_resume:
-            consumer.resume(
-                [to_kafka(tp) for tp in to_resume if tp in self._partitions]
-            )
-            self.log.debug("consumer.backpressure", resumed=len(to_resume))
-        self._paused = wanted
+        self._paused = set_paused(
+            consumer,
+            self._paused,
+            wanted,
+            self._partitions,
+            self.log,
+            self._tracker.in_flight_events,
+        )
 
     def _caught_up(self) -> bool:
         # With no partition at all (lost, or not yet given back) there is

@@ -225,6 +225,29 @@ class ConsumedEvent(Event):
     def decoded_value(self, decoded: Any) -> None:
         self._decoded_value = decoded
 
+    def __reduce__(self) -> tuple[Any, ...]:
+        # Pickled and copied as a plain Event: the message is not picklable.
+        return (_plain_event, (self._fields(), self.decoded_key, self.decoded_value))
+
+    def _fields(self) -> dict[str, Any]:
+        return {
+            "topic": self.topic,
+            "partition": self.partition,
+            "offset": self.offset,
+            "key": self.key,
+            "value": self.value,
+            "headers": self.headers,
+            "timestamp_ms": self.timestamp_ms,
+            "run_id": self.run_id,
+        }
+
+
+def _plain_event(fields: dict[str, Any], decoded_key: Any, decoded_value: Any) -> Event:
+    event = Event(**fields)
+    event.decoded_key = decoded_key
+    event.decoded_value = decoded_value
+    return event
+
 
 _new_event = ConsumedEvent.__new__
 

@@ -198,3 +198,18 @@ def test_a_plain_batch_offers_the_same_columns() -> None:
     assert batch.take([1]).offsets() == [5]
     assert list(batch) == events
     assert Batch() == []
+
+
+def test_a_consumed_event_pickles_and_copies_as_a_plain_event() -> None:
+    """The message behind a consumed event cannot be pickled: pickling and
+    copying give a plain Event with the same fields, decoded ones included."""
+    import copy
+    import pickle
+
+    [(_, batch, _)] = group_by_partition([_real(7)], run_id="r")
+    event = batch[0]
+    event.decoded_value = {"n": 1}
+    for clone in (pickle.loads(pickle.dumps(event)), copy.copy(event)):
+        assert type(clone) is Event
+        assert clone == event
+        assert (clone.decoded_key, clone.decoded_value) == (b"k", {"n": 1})
