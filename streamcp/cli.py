@@ -166,7 +166,7 @@ def freeze_startup_objects() -> None:
     "--stop-when-caught-up",
     is_flag=True,
     help="Stop gracefully once every assigned partition is committed "
-    "up to its high watermark.",
+    "up to its high watermark; exit 1 if some stay paused at a failed event.",
 )
 @click.option(
     "--retry-paused",
@@ -192,6 +192,7 @@ def run(
     configuration.
     """
     from streamcp.admin import credentials_refused
+    from streamcp.loop import check_handlers
     from streamcp.router import HandlerRouter
     from streamcp.service import Service
     from streamcp.source import check_properties
@@ -207,6 +208,7 @@ def run(
         config = _load(*config_args.values(), extra)
         router = HandlerRouter.from_config(config)
         check_properties(config.kafka, config.consumer.start_policy)
+        check_handlers(config, list(router))
     except ConfigError as exc:
         _config_error(exc)
     configure_logging(config.log.level, config.log.format)
@@ -225,7 +227,7 @@ def run(
         stop_when_caught_up=stop_when_caught_up,
         retry_paused=retry_paused,
     )
-    stop_on_signals(service.request_stop)
+    stop_on_signals(service.request_stop, config.consumer.drain_timeout_s)
     freeze_startup_objects()
     status = service.run()
     store.close()

@@ -6,8 +6,10 @@ It imports no command module, so that each of them (``cli``, ``admin_cli``,
 
 from __future__ import annotations
 
+import os
 import signal
 import sys
+import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any, NoReturn, Protocol, TypeVar
@@ -84,7 +86,38 @@ def answering(config: Config, store: _S) -> Iterator[_S]:
         store.close()
 
 
-def stop_on_signals(request_stop: Callable[[], object]) -> None:
-    """Call ``request_stop`` on SIGTERM and SIGINT."""
+def stop_on_signals(request_stop: Callable[[], object], drain_timeout_s: float) -> None:
+    """Stop gracefully on SIGTERM or SIGINT; at a second one, or when the
+    graceful stop takes too long, exit at once.
+
+    The graceful stop drains, commits and releases, each within
+    ``drain_timeout_s``: it is given three times that and five seconds more.
+    It can take longer only when a handler call that never returns holds
+    the loop (handlers inline). Exiting at once commits nothing more: the
+    checkpoints stay at the last accepted commit, so nothing is lost and
+    what finished since is handled again by the next owner.
+    """
+    grace_s = 3 * drain_timeout_s + 5
+    signals: list[int] = []
+
+    def exit_now(why: str) -> None:
+        sys.stderr.write(
+            f"streamcp: {why}: exiting now, without draining; the checkpoints "
+            "stay at the last commit\n"
+        )
+        sys.stderr.flush()
+        os._exit(EXIT_FAILURE)
+
+    def on_signal(signum: int, _frame: object) -> None:
+        signals.append(signum)
+        if len(signals) > 1:
+            exit_now(f"second signal ({signal.Signals(signum).name})")
+        request_stop()
+        timer = threading.Timer(
+            grace_s, exit_now, (f"still stopping after {grace_s:g}s",)
+        )
+        timer.daemon = True
+        timer.start()
+
     for signum in (signal.SIGTERM, signal.SIGINT):
-        signal.signal(signum, lambda *_: request_stop())
+        signal.signal(signum, on_signal)

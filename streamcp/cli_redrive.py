@@ -253,7 +253,7 @@ def _execute(
         progress=progress_of(record, progress),
         idle_timeout_s=idle_timeout_s,
     )
-    stop_on_signals(job.request_stop)
+    stop_on_signals(job.request_stop, config.consumer.drain_timeout_s)
     outcome = job.run()
     store.close()
     ledger.close()

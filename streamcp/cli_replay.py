@@ -35,7 +35,6 @@ from streamcp.cli_common import (
     stop_on_signals,
 )
 from streamcp.config import Config
-from streamcp.dispatcher import runs_inline
 from streamcp.errors import (
     ConfigError,
     ReplayError,
@@ -44,6 +43,7 @@ from streamcp.errors import (
 )
 from streamcp.handlers import Handler, load
 from streamcp.logs import configure_logging
+from streamcp.loop import check_handlers
 from streamcp.progress import Progress
 from streamcp.ranges import PartitionRange, RangeRequest, parse_time
 from streamcp.redrive_ledger import RedriveSummary
@@ -405,7 +405,7 @@ def _start(
     progress: bool | None,
 ) -> None:
     """Print the plan, then (unless a dry run) record the run and execute it."""
-    runs_inline(config.consumer, [plan.handler])  # refuses what cannot run
+    check_handlers(config, [plan.handler])  # refuses what cannot run
     run_id = "(dry run)" if dry_run else new_run_id()
     _print_plan(run_id, plan.topic, plan.handler_name, plan.ranges, {})
     if dry_run:
@@ -571,7 +571,7 @@ def _execute(
         progress=progress_of(record, progress),
         idle_timeout_s=idle_timeout_s,
     )
-    stop_on_signals(job.request_stop)
+    stop_on_signals(job.request_stop, config.consumer.drain_timeout_s)
     freeze_startup_objects()
     outcome = job.run()
     store.close()

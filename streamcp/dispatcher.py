@@ -436,29 +436,54 @@ def _attempt_batch(
     executor: concurrent.futures.Executor | None,
     decode: Callable[[Event], None] | None,
 ) -> BaseException | None:
-    """One ``handle_batch`` call over the events from ``unit.done`` on."""
+    """One ``handle_batch`` call over the events from ``unit.done`` on.
+
+    With codecs, the batch ends before the first event that does not
+    decode: the events before it are handled, then that event fails alone.
+    """
     start = unit.done
     events = unit.events
     batch = events[start:] if isinstance(events, Batch) else Batch(events[start:])
     timed = policy.timeout_s is not None and executor is not None
-    try:
-        if decode is not None:
-            # Decoded fields live on the event objects: keep the ones decoded.
-            decoded = list(batch)
-            for event in decoded:
+    undecodable: DecodeError | None = None
+    if decode is not None:
+        # Decoded fields live on the event objects: keep the ones decoded.
+        decoded = list(batch)
+        for index, event in enumerate(decoded):
+            try:
                 decode(event)
-            batch = Batch(decoded)
+            except DecodeError as exc:
+                undecodable = exc
+                decoded = decoded[:index]
+                break
+        if not decoded:
+            return undecodable
+        batch = Batch(decoded)
+    try:
         call = _call_with_timeout if timed else _call
         call(handler.handle_batch, batch, policy, executor, batch[0], unit)
     except BatchFailed as exc:
-        unit.done = start + _index_of(batch, exc.offset)
+        index = _index_of(batch, exc.offset)
+        cause = exc.__cause__ if isinstance(exc.__cause__, Exception) else exc
+        if index >= len(batch):
+            # The offset is past the batch: the handler broke the contract,
+            # and nothing says which events succeeded. Fail at the first.
+            log.warning(
+                "handler.batch_failed_offset_outside_batch",
+                handler=handler.name,
+                offset=exc.offset,
+                first=batch[0].offset,
+                last=batch[-1].offset,
+            )
+            return cause
+        unit.done = start + index
         unit.attempts = 0 if unit.done > start else unit.attempts
-        return exc.__cause__ if isinstance(exc.__cause__, Exception) else exc
+        return cause
     except Exception as exc:  # noqa: BLE001  # any handler error is an outcome
         return exc
-    unit.done = unit.size
+    unit.done = start + len(batch)
     unit.attempts = 0
-    return None
+    return undecodable
 
 
 def _call(function: Any, argument: Any, *_: Any) -> None:

@@ -17,7 +17,7 @@ from typing import Any
 from streamcp.config import Config, ConsumerConfig
 from streamcp.deadletter import dead_letters_for
 from streamcp.dispatcher import Dispatcher, runs_inline
-from streamcp.errors import StreamcpError
+from streamcp.errors import ConfigError, StreamcpError
 from streamcp.events import Event, TopicPartition
 from streamcp.handlers import Handler
 from streamcp.source import KafkaError, to_kafka
@@ -42,9 +42,29 @@ def make_dispatcher(
         ordering=consumer.ordering,
         dead_letters=dead_letters_for(config, handlers),
         clock=clock,
-        inline=runs_inline(consumer, handlers),
+        inline=check_handlers(config, handlers),
         slice_s=consumer.poll_timeout_s,
     )
+
+
+def check_handlers(config: Config, handlers: Sequence[Handler]) -> bool:
+    """Refuse what cannot run; returns whether handlers run inline.
+
+    Raises ConfigError for a handler whose ``timeout_s`` (configured, or
+    declared by its class) is not shorter than ``kafka.max_poll_interval_ms``,
+    and for ``consumer.execution = "inline"`` with a handler timeout.
+    """
+    poll_ms = config.kafka.max_poll_interval_ms
+    for handler in handlers:
+        timeout = handler.policy.timeout_s
+        if timeout is not None and timeout * 1000 >= poll_ms:
+            raise ConfigError(
+                "handler.timeout_s",
+                f"{handler.name}: must be shorter than kafka.max_poll_interval_ms "
+                f"({poll_ms} ms): a call revoked mid-way is waited for inside "
+                f"the rebalance, got {timeout!r}",
+            )
+    return runs_inline(config.consumer, handlers)
 
 
 def poll_timeout(dispatcher: Dispatcher | None, limits: ConsumerConfig) -> float:

@@ -221,7 +221,19 @@ class Service(PartitionOwnership):
         self._apply_pauses()
         self._observe()
         if self._stop_when_caught_up and self._caught_up():
-            self.log.info("service.caught_up")
+            paused = sorted(
+                str(tp) for tp, o in self._partitions.items() if o.status == "paused"
+            )
+            self.log.info("service.caught_up", paused=paused)
+            if paused:
+                # Not caught up on those: they wait for an operator.
+                self._fail(
+                    ServiceError(
+                        f"caught up except the paused partition(s) "
+                        f"{', '.join(paused)}: see `streamcp checkpoints show`, "
+                        f"then `streamcp checkpoints resume`"
+                    )
+                )
             self._stop.set()
 
     def _batch_limit(self) -> int:

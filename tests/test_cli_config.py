@@ -52,7 +52,26 @@ def listeners() -> Iterator[tuple[Listener, Listener]]:
     redis.close()
 
 
+class DeclaresLongTimeout:
+    """A handler whose class declares a timeout past max.poll.interval.ms."""
+
+    timeout_s = 400.0
+
+    def handle(self, event: object) -> None:
+        pass
+
+
 BAD_CONFIGS = [
+    pytest.param(
+        ["--set", "consumer.execution=inline", "--set", "handler.timeout_s=5"],
+        "consumer.execution",
+        id="inline-with-a-handler-timeout",
+    ),
+    pytest.param(
+        ["--handler", "tests.test_cli_config:DeclaresLongTimeout"],
+        "handler.timeout_s",
+        id="class-declared-timeout-past-max-poll-interval",
+    ),
     pytest.param(
         ["--set", "commit.every_events=0", "--set", "commit.every_seconds=0"],
         "commit.every_events",

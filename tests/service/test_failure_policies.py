@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import signal
 import threading
 import time
 import uuid
@@ -502,3 +503,95 @@ def test_shutdown_during_backoff_ends_promptly_and_commits_only_successes(
         assert time.monotonic() - started < 5
     assert checkpoints(setup["store"], setup["group"])[0] == 2
     assert handler.handled == [(0, 0), (0, 1)]
+
+
+def _hanging_process(setup: dict[str, Any], tmp_path: Path) -> tuple[Any, Path]:
+    produce(setup["kafka"].bootstrap_servers, setup["topic"], 3, 3)
+    record = tmp_path / "handled.txt"
+    raw = raw_config(
+        setup["kafka"].bootstrap_servers,
+        setup["redis"].url,
+        setup["prefix"],
+        setup["topic"],
+        setup["group"],
+        consumer={"drain_timeout_s": 1.0},
+        handler={"options": {"path": str(record), "slow_at": ["0:1:120"]}},
+    )
+    proc = ServiceProcess(write_config(tmp_path / "c.toml", raw), tmp_path / "log")
+    wait_for(
+        lambda: (0, 0) in {(r.partition, r.offset) for r in read_handled(record)},
+        what="partition 0 handled up to the hanging call",
+    )
+    time.sleep(0.5)
+    return proc, record
+
+
+def test_a_second_signal_exits_at_once_while_a_call_hangs_inline(
+    setup: dict[str, Any], tmp_path: Path
+) -> None:
+    """Inline, a call that never returns holds the loop: a first SIGTERM
+    cannot drain, a second one exits at once with status 1, saying so, and
+    the checkpoint never passed the hanging event."""
+    proc, _ = _hanging_process(setup, tmp_path)
+    try:
+        proc.signal(signal.SIGTERM)
+        time.sleep(0.5)
+        started = time.monotonic()
+        proc.signal(signal.SIGTERM)
+        assert proc.wait(10) == 1
+        assert time.monotonic() - started < 5
+    finally:
+        proc.kill()
+    assert "second signal (SIGTERM): exiting now" in proc.log_path.read_text()
+    assert (checkpoints(setup["store"], setup["group"]).get(0) or 0) <= 1
+
+
+def test_a_graceful_stop_held_by_a_hanging_call_ends_after_its_grace(
+    setup: dict[str, Any], tmp_path: Path
+) -> None:
+    """One SIGTERM while an inline call hangs: after three drain timeouts
+    and five seconds (8 s here) the process exits with status 1, saying
+    why, and the checkpoint never passed the hanging event."""
+    proc, _ = _hanging_process(setup, tmp_path)
+    try:
+        started = time.monotonic()
+        proc.signal(signal.SIGTERM)
+        assert proc.wait(30) == 1
+        assert 7 < time.monotonic() - started < 20
+    finally:
+        proc.kill()
+    assert "still stopping after 8s: exiting now" in proc.log_path.read_text()
+    assert (checkpoints(setup["store"], setup["group"]).get(0) or 0) <= 1
+
+
+def test_stop_when_caught_up_with_a_paused_partition_exits_1_naming_it(
+    setup: dict[str, Any], tmp_path: Path
+) -> None:
+    """--stop-when-caught-up stops once the other partitions reached their
+    end, but a partition paused at a failed event is not caught up: exit
+    status 1, naming it, with its checkpoint at the failed event."""
+    produce(setup["kafka"].bootstrap_servers, setup["topic"], 3, 5)
+    record = tmp_path / "handled.txt"
+    raw = raw_config(
+        setup["kafka"].bootstrap_servers,
+        setup["redis"].url,
+        setup["prefix"],
+        setup["topic"],
+        setup["group"],
+        handler={
+            "options": {"path": str(record), "fail_at": ["1:3"]},
+            "retry_attempts": 1,
+        },
+    )
+    proc = ServiceProcess(
+        write_config(tmp_path / "c.toml", raw),
+        tmp_path / "log",
+        "--stop-when-caught-up",
+    )
+    try:
+        assert proc.wait(60) == 1
+    finally:
+        proc.kill()
+    log = proc.log_path.read_text()
+    assert f"caught up except the paused partition(s) {setup['topic']}[1]" in log
+    assert checkpoints(setup["store"], setup["group"]) == {0: 5, 1: 3, 2: 5}

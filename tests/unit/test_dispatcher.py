@@ -7,14 +7,15 @@ import sys
 import textwrap
 import threading
 import time
+from collections.abc import Sequence
 
 import pytest
 
 from streamcp.config import ConsumerConfig
-from streamcp.dispatcher import Dispatcher, runs_inline
+from streamcp.dispatcher import Dispatcher, Outcome, run_unit, runs_inline
 from streamcp.errors import ConfigError
 from streamcp.events import Event, TopicPartition
-from streamcp.handlers import build, failure_policy
+from streamcp.handlers import BatchFailed, build, failure_policy
 from streamcp.tracker import OffsetTracker
 
 TP = TopicPartition("t", 0)
@@ -64,7 +65,7 @@ def test_a_hung_call_with_a_timeout_does_not_keep_the_process_alive() -> None:
         import threading, time
         from streamcp.dispatcher import Dispatcher
         from streamcp.events import Event, TopicPartition
-        from streamcp.handlers import build, failure_policy
+        from streamcp.handlers import BatchFailed, build, failure_policy
         from streamcp.tracker import OffsetTracker
 
         def hang(event):
@@ -227,3 +228,54 @@ def test_inline_a_slow_unit_yields_to_the_loop_between_events() -> None:
     assert handled == list(range(20))
     assert not dispatcher.has_ready()
     assert dispatcher.close(1)
+
+
+class _JsonBatches:
+    value_codec = "json"
+
+    def __init__(self) -> None:
+        self.handled: list[int] = []
+
+    def handle_batch(self, events: Sequence[Event]) -> None:
+        self.handled.extend(event.offset for event in events)
+
+
+def test_an_undecodable_event_fails_alone_and_the_batch_before_it_is_handled() -> None:
+    """A batch handler with a codec: the events before one that does not
+    decode are handled, that one takes the policy (skip here) by itself, and
+    the rest of the batch is handled after it."""
+    values = [b'{"n": %d}' % o for o in range(10)]
+    values[6] = b"not json"
+    events = [
+        Event(topic="t", partition=0, offset=o, value=v) for o, v in enumerate(values)
+    ]
+    handler = build(_JsonBatches, {})
+    handler.policy = failure_policy(
+        _JsonBatches, {"value_codec": "json", "on_failure": "skip"}
+    )
+    tracker = OffsetTracker()
+    unit = tracker.deliver(tracker.start(TP, 0), events, 0)
+    assert run_unit(handler, unit) is Outcome.DONE
+    instance = handler.instance  # type: ignore[attr-defined]
+    assert instance.handled == [0, 1, 2, 3, 4, 5, 7, 8, 9]
+    assert (unit.skipped, unit.done) == (1, 10)
+
+
+def test_a_batch_failed_offset_past_the_batch_moves_nothing() -> None:
+    """BatchFailed naming an offset beyond the batch breaks the contract:
+    the unit stays at its first event (it fails there), nothing counts as
+    succeeded, and nothing raises."""
+
+    class Liar:
+        def handle_batch(self, events: Sequence[Event]) -> None:
+            raise BatchFailed(10**9) from ValueError("bad")
+
+    handler = build(Liar, {})
+    handler.policy = failure_policy(Liar, {"retry_attempts": 1, "on_failure": "pause"})
+    tracker = OffsetTracker()
+    track = tracker.start(TP, 0)
+    unit = tracker.deliver(track, _events(0, 1, 2), 0)
+    assert run_unit(handler, unit) is Outcome.FAILED
+    assert unit.done == 0
+    assert isinstance(unit.failure, ValueError)
+    assert track.checkpoint() == 0
