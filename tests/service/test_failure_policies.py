@@ -24,7 +24,6 @@ from tests.service.harness import (
     checkpoints,
     config_from,
     produce,
-    raw_config,
     tp,
     wait_for,
     write_config,
@@ -361,12 +360,8 @@ def test_handler_slower_than_max_poll_interval_causes_no_rebalance(
     assignment for the whole run and handles every event."""
     produce(setup["kafka"].bootstrap_servers, setup["topic"], 3, 3)
     record = tmp_path / "handled.txt"
-    raw = raw_config(
-        setup["kafka"].bootstrap_servers,
-        setup["redis"].url,
-        setup["prefix"],
-        setup["topic"],
-        setup["group"],
+    raw = raw_for(
+        setup,
         kafka={"max_poll_interval_ms": 6000},
         consumer={"execution": "threads"},
         handler={"options": {"path": str(record), "slow_at": ["0:1:8"]}},
@@ -399,12 +394,8 @@ def test_inline_a_call_past_max_poll_interval_loses_the_partitions_not_events(
     with the checkpoints at the end; none moved past an unhandled event."""
     produce(setup["kafka"].bootstrap_servers, setup["topic"], 3, 3)
     record = tmp_path / "handled.txt"
-    raw = raw_config(
-        setup["kafka"].bootstrap_servers,
-        setup["redis"].url,
-        setup["prefix"],
-        setup["topic"],
-        setup["group"],
+    raw = raw_for(
+        setup,
         kafka={"max_poll_interval_ms": 6000},
         handler={
             "options": {"path": str(record), "slow_at": ["0:1:8"], "slow_once": True}
@@ -508,12 +499,8 @@ def test_shutdown_during_backoff_ends_promptly_and_commits_only_successes(
 def _hanging_process(setup: dict[str, Any], tmp_path: Path) -> tuple[Any, Path]:
     produce(setup["kafka"].bootstrap_servers, setup["topic"], 3, 3)
     record = tmp_path / "handled.txt"
-    raw = raw_config(
-        setup["kafka"].bootstrap_servers,
-        setup["redis"].url,
-        setup["prefix"],
-        setup["topic"],
-        setup["group"],
+    raw = raw_for(
+        setup,
         consumer={"drain_timeout_s": 1.0},
         handler={"options": {"path": str(record), "slow_at": ["0:1:120"]}},
     )
@@ -572,12 +559,8 @@ def test_stop_when_caught_up_with_a_paused_partition_exits_1_naming_it(
     status 1, naming it, with its checkpoint at the failed event."""
     produce(setup["kafka"].bootstrap_servers, setup["topic"], 3, 5)
     record = tmp_path / "handled.txt"
-    raw = raw_config(
-        setup["kafka"].bootstrap_servers,
-        setup["redis"].url,
-        setup["prefix"],
-        setup["topic"],
-        setup["group"],
+    raw = raw_for(
+        setup,
         handler={
             "options": {"path": str(record), "fail_at": ["1:3"]},
             "retry_attempts": 1,
