@@ -288,6 +288,8 @@ class MessageBatch(Batch):
 
     def events_from(self, start: int) -> Iterator[Event]:
         """The events from position ``start`` on, each made as it is reached."""
+        # What _event does, written out: this is the per-event path, where a
+        # method call per event would cost a tenth of the handler's budget.
         new, cls = _new_event, ConsumedEvent
         topic, partition, run_id = self._topic, self._partition, self._run_id
         messages = self._messages
